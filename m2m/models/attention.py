@@ -1,0 +1,175 @@
+"""Image-Set Attention (paper section 5, eq. 4, Fig. 3) as a diffusers attention processor.
+
+It replaces the text cross-attention ``attn2`` of every transformer block of the UNet. Queries are the
+tokens of all noisy images of a set, keys/values the tokens of the clean context: the clean images'
+hidden states at the same block (M2M-Self) or their DINOv2 features (M2M-DINO). A block-causal mask lets
+noisy image ``i`` see the clean images ``j < i`` only; every query also sees one learned null key/value,
+so the first image (no preceding image) has a defined softmax.
+
+The mask is never materialised: one ``scaled_dot_product_attention`` call per group of noisy images
+that see the same prefix keeps the flash kernel (a dense boolean mask costs ~9x on a GPU).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def image_set_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, visible: list[int], heads: int, tokens_per_image: int
+) -> torch.Tensor:
+    """Eq. 4 with the causal image-set mask: Softmax(Q K^T / sqrt(d)) V over each query's prefix.
+
+    Args:
+        q: ``(B, Nq, Lq, D)`` projected queries of ``Nq`` noisy images.
+        k, v: ``(B, 1 + Nc * Lk, D)`` projected keys/values: the null token, then ``Nc`` clean images.
+        visible: for each noisy image, how many clean images (a prefix of the ``Nc``) it may see.
+        heads: number of attention heads.
+        tokens_per_image: ``Lk``, the number of key/value tokens of one clean image.
+
+    Returns:
+        ``(B, Nq, Lq, D)``.
+    """
+    batch, n_query, q_len, dim = q.shape
+    if len(visible) != n_query:
+        raise ValueError(f"visible has {len(visible)} entries for {n_query} noisy images")
+    d_head = dim // heads
+    out = q.new_empty(q.shape)
+    start = 0
+    while start < n_query:  # group consecutive noisy images that see the same prefix: one kernel call each
+        stop = start + 1
+        while stop < n_query and visible[stop] == visible[start]:
+            stop += 1
+        n_keys = 1 + visible[start] * tokens_per_image
+        qq = q[:, start:stop].reshape(batch, -1, heads, d_head).transpose(1, 2)
+        kk = k[:, :n_keys].reshape(batch, n_keys, heads, d_head).transpose(1, 2)
+        vv = v[:, :n_keys].reshape(batch, n_keys, heads, d_head).transpose(1, 2)
+        o = F.scaled_dot_product_attention(qq, kk, vv)
+        out[:, start:stop] = o.transpose(1, 2).reshape(batch, stop - start, q_len, dim)
+        start = stop
+    return out
+
+
+@dataclass
+class SetState:
+    """What one UNet call carries to every Image-Set Attention layer (set by ``M2MUNet``).
+
+    mode:
+        ``"joint"``   hidden states are ``[clean; noisy]`` along the batch (M2M-Self, training);
+        ``"context"`` keys/values come from ``context`` (M2M-DINO features), hidden states are noisy only;
+        ``"encode"``  hidden states are clean context images: store their keys/values, return zeros;
+        ``"cached"``  hidden states are noisy only; keys/values come from the stored cache.
+    """
+
+    mode: str = "joint"
+    batch: int = 1
+    n_context: int = 0
+    visible: list[int] = field(default_factory=list)
+    window: int | None = None
+    context: torch.Tensor | None = None
+    cond_query: torch.Tensor | None = None
+    cond_context: torch.Tensor | None = None
+
+
+class ImageSetAttnProcessor(nn.Module):
+    """Image-Set Attention for one ``attn2`` layer (eq. 4).
+
+    Owns the learned null key/value, an optional projection of the task-condition embedding
+    ``E(c_C)`` (section 6.2; zero-initialised so fine-tuning starts from the pre-trained model) and the
+    key/value cache of the clean context (computed once per context image, reused by every denoising
+    step and every later auto-regressive step).
+    """
+
+    def __init__(self, inner_dim: int, query_dim: int, state: SetState, condition_dim: int | None = None):
+        super().__init__()
+        self.null_k = nn.Parameter(torch.randn(inner_dim) * inner_dim**-0.5)
+        self.null_v = nn.Parameter(torch.zeros(inner_dim))
+        self.cond_proj = None
+        if condition_dim:
+            self.cond_proj = nn.Linear(condition_dim, query_dim)
+            nn.init.zeros_(self.cond_proj.weight)
+            nn.init.zeros_(self.cond_proj.bias)
+        self.state = state
+        self.cache_k: torch.Tensor | None = None  # (B, Nc, L, inner_dim)
+        self.cache_v: torch.Tensor | None = None
+        self._window_kv: tuple[int, torch.Tensor, torch.Tensor] | None = None
+
+    def reset_cache(self) -> None:
+        self.cache_k = self.cache_v = self._window_kv = None
+
+    def _add_condition(self, hidden: torch.Tensor, cond: torch.Tensor | None, n: int) -> torch.Tensor:
+        """Self: ``z = z + E(c_C)`` on the hidden states before Image-Set Attention (section 6.2)."""
+        if self.cond_proj is None or cond is None:
+            return hidden
+        emb = self.cond_proj(cond.to(hidden.dtype)).reshape(-1, 1, hidden.shape[-1])  # (B*n, 1, C)
+        return hidden + emb
+
+    def _with_null(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Flatten ``(B, Nc, L, D)`` to ``(B, 1 + Nc*L, D)`` with the null token first."""
+        batch, _, _, dim = k.shape
+        null_k = self.null_k.to(k.dtype).expand(batch, 1, dim)
+        null_v = self.null_v.to(v.dtype).expand(batch, 1, dim)
+        return torch.cat([null_k, k.flatten(1, 2)], 1), torch.cat([null_v, v.flatten(1, 2)], 1)
+
+    def _project_context(self, attn, context: torch.Tensor, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``K = W^K z^K``, ``V = W^V z^V`` for context tokens ``(B*Nc, L, C)`` -> ``(B, Nc, L, D)``."""
+        k = attn.to_k(context)
+        v = attn.to_v(context)
+        return k.unflatten(0, (batch, -1)), v.unflatten(0, (batch, -1))
+
+    def store(self, attn, context: torch.Tensor, batch: int) -> None:
+        """Append the keys/values of clean context tokens ``(B*Nc, L, C)`` to the cache."""
+        k, v = self._project_context(attn, context, batch)
+        self.cache_k = k if self.cache_k is None else torch.cat([self.cache_k, k], 1)
+        self.cache_v = v if self.cache_v is None else torch.cat([self.cache_v, v], 1)
+        self._window_kv = None
+
+    def _cached_window(self) -> tuple[torch.Tensor, torch.Tensor, int]:
+        n_cached = self.cache_k.shape[1]
+        n = n_cached if self.state.window is None else min(self.state.window, n_cached)
+        if self._window_kv is None or self._window_kv[0] != (n_cached, n):
+            k, v = self._with_null(self.cache_k[:, n_cached - n :], self.cache_v[:, n_cached - n :])
+            self._window_kv = ((n_cached, n), k, v)
+        return self._window_kv[1], self._window_kv[2], n
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kwargs):
+        s = self.state
+        batch = s.batch
+        if s.mode == "encode":
+            self.store(attn, self._add_condition(hidden_states, s.cond_context, s.n_context), batch)
+            return torch.zeros_like(hidden_states)
+
+        if s.mode == "joint":
+            n_clean = batch * s.n_context
+            clean, noisy = hidden_states[:n_clean], hidden_states[n_clean:]
+            ctx = self._add_condition(clean, s.cond_context, s.n_context)
+            k, v = self._with_null(*self._project_context(attn, ctx, batch))
+            tokens = clean.shape[1]
+        elif s.mode == "context":
+            noisy = hidden_states
+            features = s.context.flatten(0, 1)  # (B*Nc, S, D_dino)
+            k, v = self._with_null(*self._project_context(attn, features, batch))
+            tokens = s.context.shape[2]
+        elif s.mode == "cached" and self.cache_k is None:  # nothing precedes: the null token alone
+            noisy = hidden_states
+            k = self.null_k.to(noisy.dtype).expand(batch, 1, -1)
+            v = self.null_v.to(noisy.dtype).expand(batch, 1, -1)
+            tokens = 0
+        elif s.mode == "cached":
+            noisy = hidden_states
+            k, v, _ = self._cached_window()
+            tokens = self.cache_k.shape[2]
+        else:
+            raise ValueError(f"unknown Image-Set Attention mode {s.mode!r}")
+
+        noisy = self._add_condition(noisy, s.cond_query, len(s.visible))
+        q = attn.to_q(noisy).unflatten(0, (batch, -1))  # (B, Nq, L, D)
+        out = image_set_attention(q, k, v, s.visible, attn.heads, tokens).flatten(0, 1)
+        out = attn.to_out[1](attn.to_out[0](out))
+        if s.mode == "joint":  # z' = [z_c; z_n']: the clean copy passes through unchanged
+            out = torch.cat([torch.zeros_like(clean), out], 0)
+        return out

@@ -1,0 +1,96 @@
+"""Build a fresh ``M2MPipeline`` from a preset (``m2m init``), initialised from Stable Diffusion (section 6.1)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from m2m.models import presets
+from m2m.models.unet import M2MUNet, load_sd_unet
+
+
+def _tiny_components(variant: str, condition: str | None, seed: int):
+    from diffusers import DDIMScheduler, UNet2DConditionModel
+    from transformers import Dinov2Config, Dinov2Model
+
+    torch.manual_seed(seed)
+    sd_unet = UNet2DConditionModel.from_config(presets.TINY_UNET)  # stands in for SD's weights
+    settings = presets.PRESET_SETTINGS["tiny"]
+    image_encoder = Dinov2Model(Dinov2Config(**presets.TINY_DINO)).eval() if variant == "dino" else None
+    unet = M2MUNet.from_sd_unet(
+        sd_unet, variant, context_dim=presets.TINY_DINO["hidden_size"] if image_encoder else None,
+        condition=condition, **settings,
+    )
+    return unet, DDIMScheduler(**presets.TINY_SCHEDULER), None, image_encoder
+
+
+def _sd21_components(variant: str, condition: str | None, sd_folder: Path, dino_folder: Path):
+    from diffusers import AutoencoderKL, DDIMScheduler
+    from transformers import Dinov2Model
+
+    sd_folder = Path(sd_folder)
+    for part in ("unet", "vae", "scheduler"):
+        if not (sd_folder / part).is_dir():
+            raise presets.missing_weights(sd_folder, f"the {part}/ folder", "stabilityai/stable-diffusion-2-1-base")
+    image_encoder = None
+    if variant == "dino":
+        dino_folder = Path(dino_folder)
+        if not (dino_folder / "config.json").exists():
+            raise presets.missing_weights(dino_folder, "DINOv2 (config.json)", "facebook/dinov2-giant")
+        model_type = json.loads((dino_folder / "config.json").read_text()).get("model_type")
+        if model_type != "dinov2":
+            raise ValueError(f"{dino_folder}/config.json: model_type is {model_type!r}, not 'dinov2'")
+        image_encoder = Dinov2Model.from_pretrained(dino_folder, local_files_only=True).eval()
+    settings = presets.PRESET_SETTINGS["sd21"]
+    unet = M2MUNet.from_sd_unet(
+        load_sd_unet(sd_folder / "unet"), variant,
+        context_dim=image_encoder.config.hidden_size if image_encoder else None, condition=condition, **settings,
+    )
+    vae = AutoencoderKL.from_pretrained(sd_folder / "vae", local_files_only=True)
+    scheduler = DDIMScheduler.from_pretrained(sd_folder / "scheduler", local_files_only=True)
+    return unet, scheduler, vae, image_encoder
+
+
+def build_pipeline(
+    preset: str = "tiny",
+    variant: str = "self",
+    condition: str | None = None,
+    seed: int = 0,
+    sd_folder: str | Path = presets.SD21_FOLDER,
+    dino_folder: str | Path = presets.DINO_FOLDER,
+):
+    """A fresh M2M pipeline: ``tiny`` (random SD stand-in, CPU) or ``sd21`` (SD-2.1-base weights)."""
+    from m2m.pipeline import M2MPipeline
+
+    if preset == "tiny":
+        parts = _tiny_components(variant, condition, seed)
+    elif preset == "sd21":
+        parts = _sd21_components(variant, condition, sd_folder, dino_folder)
+    else:
+        raise ValueError(f"unknown preset {preset!r}; expected one of {presets.PRESETS}")
+    unet, scheduler, vae, image_encoder = parts
+    if image_encoder is not None:
+        image_encoder.requires_grad_(False)
+    return M2MPipeline(unet=unet, scheduler=scheduler, vae=vae, image_encoder=image_encoder)
+
+
+def add_condition(pipe, condition: str):
+    """A copy of a pre-trained pipeline's UNet with a task-condition embedder added (section 6.2).
+
+    The new embedder's projections are zero-initialised, so the fine-tuning starts from the pre-trained
+    model's predictions.
+    """
+    old = pipe.unet
+    if old.config.condition == condition:
+        return pipe
+    config = dict(old.config)
+    config = {k: v for k, v in config.items() if not k.startswith("_")}
+    config["condition"] = condition
+    unet = M2MUNet(**config)
+    missing, unexpected = unet.load_state_dict(old.state_dict(), strict=False)
+    if unexpected:
+        raise ValueError(f"cannot add a {condition} condition: unexpected weights {unexpected[:3]}")
+    pipe.register_modules(unet=unet.to(old.device, old.dtype))
+    return pipe

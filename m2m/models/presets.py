@@ -1,0 +1,74 @@
+"""Model presets as plain data: ``tiny`` (CPU, pixel space, no downloads) and ``sd21`` (paper scale).
+
+``sd21`` reads real weights from local folders (nothing is fetched at run time):
+``weights/stable-diffusion-2-1-base`` (its ``unet``, ``vae`` and ``scheduler`` folders) and
+``weights/dinov2-giant`` for M2M-DINO (appendix A).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+PRESETS = ("tiny", "sd21")
+
+# A small UNet2DConditionModel in pixel space: 32x32 RGB, Image-Set Attention at 16x16, 8x8 and the mid block.
+TINY_UNET = dict(
+    sample_size=32,
+    in_channels=3,
+    out_channels=3,
+    block_out_channels=(32, 64, 64),
+    layers_per_block=1,
+    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+    attention_head_dim=(2, 4, 4),
+    norm_num_groups=8,
+    cross_attention_dim=32,
+)
+
+# The Stable Diffusion 2.1-base UNet architecture (for random-weight benchmarks; real runs load weights).
+SD21_UNET = dict(
+    sample_size=64,
+    in_channels=4,
+    out_channels=4,
+    block_out_channels=(320, 640, 1280, 1280),
+    layers_per_block=2,
+    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+    attention_head_dim=(5, 10, 20, 20),
+    cross_attention_dim=1024,
+    use_linear_projection=True,
+)
+
+TINY_DINO = dict(
+    hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, patch_size=4, image_size=32
+)
+# DINOv2 ViT-g/14 (the paper's encoder), for random-weight benchmarks.
+GIANT_DINO = dict(
+    hidden_size=1536, num_hidden_layers=40, num_attention_heads=24, mlp_ratio=4, patch_size=14,
+    image_size=224, use_swiglu_ffn=True,
+)
+
+# Noise schedules: SD-2.1-base's own, and a cosine schedule that suits 32x32 pixel space.
+SD21_SCHEDULER = dict(
+    num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+    clip_sample=False, set_alpha_to_one=False, steps_offset=1, prediction_type="epsilon",
+)
+TINY_SCHEDULER = dict(
+    num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", clip_sample=True, set_alpha_to_one=False,
+    steps_offset=1, prediction_type="epsilon",
+)
+
+PRESET_SETTINGS = {
+    "tiny": dict(condition_dim=32, dino_image_size=32),
+    "sd21": dict(condition_dim=256, dino_image_size=224),
+}
+
+SD21_FOLDER = Path("weights/stable-diffusion-2-1-base")
+DINO_FOLDER = Path("weights/dinov2-giant")
+
+
+def missing_weights(folder: Path, what: str, hub_id: str) -> FileNotFoundError:
+    return FileNotFoundError(
+        f"{folder}: {what} not found; download {hub_id} (e.g. `huggingface-cli download {hub_id} "
+        f"--local-dir {folder}`) and put it there, or pass its folder"
+    )

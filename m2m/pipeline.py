@@ -1,0 +1,213 @@
+"""``M2MPipeline``: auto-regressive many-to-many sampling (paper section 6.1 "Inference", eq. 6 and 7).
+
+Given K >= 0 preceding images it generates M images one at a time; each generated image joins the
+context, and the model sees at most the last ``window`` (W) context images. Keys/values of each context
+image are computed once and cached (M2M-Self: its clean pass at t = 0; M2M-DINO: its DINOv2 features),
+so the cost per generated image does not grow with the sequence.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from diffusers import DiffusionPipeline
+from diffusers.utils import BaseOutput
+from diffusers.utils.torch_utils import randn_tensor
+from PIL import Image
+
+from m2m.models.encoders import decode_latents, dino_features, encode_images
+from m2m.models.unet import M2MUNet  # noqa: F401  (diffusers resolves the saved `unet` component by it)
+
+
+@dataclass
+class M2MPipelineOutput(BaseOutput):
+    """``images``: B lists of M PIL images, or a float tensor ``(B, M, 3, H, W)`` in ``[0, 1]``."""
+
+    images: list[list[Image.Image]] | torch.Tensor
+
+
+def cfg_eq6(eps_uncond: torch.Tensor, eps_cond: torch.Tensor, s: float) -> torch.Tensor:
+    """Eq. 6: ε(z_t, 0, t) + s · (ε(z_t, z_0^{1:W}, t) − ε(z_t, 0, t))."""
+    return eps_uncond + s * (eps_cond - eps_uncond)
+
+
+def cfg_eq7(eps_none: torch.Tensor, eps_image: torch.Tensor, eps_both: torch.Tensor, s_I: float, s_C: float) -> torch.Tensor:
+    """Eq. 7: ε(∅,∅) + s_I · (ε(z,∅) − ε(∅,∅)) + s_C · (ε(z,c) − ε(z,∅))."""
+    return eps_none + s_I * (eps_image - eps_none) + s_C * (eps_both - eps_image)
+
+
+def to_pil(images: torch.Tensor) -> list[list[Image.Image]]:
+    """``(B, M, 3, H, W)`` in ``[0, 1]`` -> B lists of M RGB images."""
+    arr = (images.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 1, 3, 4, 2).cpu().numpy()
+    return [[Image.fromarray(np.ascontiguousarray(a)) for a in row] for row in arr]
+
+
+def from_pil(sets: list[list[Image.Image]]) -> torch.Tensor:
+    """B lists of K PIL images of one size -> ``(B, K, 3, H, W)`` in ``[-1, 1]``."""
+    arr = np.stack([np.stack([np.asarray(im.convert("RGB")) for im in row]) for row in sets])
+    return torch.from_numpy(arr).permute(0, 1, 4, 2, 3).float() / 127.5 - 1
+
+
+class M2MPipeline(DiffusionPipeline):
+    """Many-to-many generation with an M2M model.
+
+    Components: ``unet`` (``M2MUNet``), ``scheduler`` (DDIM for inference, appendix A), ``vae``
+    (``AutoencoderKL``, or None for pixel space) and ``image_encoder`` (``Dinov2Model``, M2M-DINO only).
+    """
+
+    model_cpu_offload_seq = "image_encoder->unet->vae"
+    _optional_components = ["vae", "image_encoder"]
+
+    def __init__(self, unet, scheduler, vae=None, image_encoder=None):
+        super().__init__()
+        self.register_modules(unet=unet, scheduler=scheduler, vae=vae, image_encoder=image_encoder)
+
+    @property
+    def variant(self) -> str:
+        return self.unet.config.variant
+
+    @property
+    def image_size(self) -> int:
+        size = self.unet.config.unet_config["sample_size"]
+        if self.vae is not None:
+            size *= 2 ** (len(self.vae.config.block_out_channels) - 1)
+        return size
+
+    # -- context: what the model attends to ---------------------------------------------------
+
+    def _context_of(self, pixels: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
+        if self.variant == "self":
+            return latents.to(self.unet.dtype)
+        return dino_features(self.image_encoder, pixels, self.unet.config.dino_image_size).to(self.unet.dtype)
+
+    def _check_inputs(self, images, num_images, window, batch_size):
+        if window < 1:
+            raise ValueError(f"window W must be >= 1 (got {window}): the model needs context images to attend to")
+        if num_images < 1:
+            raise ValueError(f"num_images must be >= 1 (got {num_images})")
+        if images is None:
+            return torch.zeros(batch_size, 0, 3, self.image_size, self.image_size)
+        if isinstance(images, list):
+            images = from_pil(images)
+        if images.ndim != 5 or images.shape[2] != 3:
+            raise ValueError(f"images must be (B, K, 3, H, W) RGB in [-1, 1], got shape {tuple(images.shape)}")
+        if images.shape[-2:] != (self.image_size, self.image_size):
+            raise ValueError(
+                f"images are {images.shape[-1]}x{images.shape[-2]} but this model generates "
+                f"{self.image_size}x{self.image_size}; resize them first"
+            )
+        return images
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        images: torch.Tensor | list[list[Image.Image]] | None = None,
+        num_images: int = 1,
+        window: int = 4,
+        num_inference_steps: int = 50,
+        guidance_scale: float = 7.5,
+        conditions: torch.Tensor | None = None,
+        image_guidance_scale: float | None = None,
+        condition_guidance_scale: float | None = None,
+        generator: torch.Generator | None = None,
+        output_type: str = "pil",
+        use_cache: bool = True,
+        batch_size: int = 1,
+        progress: bool = True,
+        return_dict: bool = True,
+    ):
+        """Generate ``num_images`` images after the K preceding ``images`` ``(B, K, 3, H, W)`` in [-1, 1].
+
+        Args:
+            window: context window W, the most preceding images the model sees.
+            guidance_scale: s of eq. 6 (paper default 7.5); 1 disables guidance.
+            conditions: task conditions for all K + M positions (``(B, K+M, 12)`` cameras or
+                ``(B, K+M)`` step indices) of a fine-tuned model; switches to eq. 7.
+            image_guidance_scale, condition_guidance_scale: s_I and s_C of eq. 7 (default: s and 1).
+            use_cache: reuse the context keys/values (the result is the same, only faster).
+        """
+        device = self._execution_device
+        pixels = self._check_inputs(images, num_images, window, batch_size).to(device)
+        batch, n_given = pixels.shape[:2]
+        unet, dtype = self.unet, self.unet.dtype
+
+        # Guidance branches, stacked along the batch: (context on?, condition on?) per branch.
+        if conditions is not None:
+            s_img = guidance_scale if image_guidance_scale is None else image_guidance_scale
+            s_cond = 1.0 if condition_guidance_scale is None else condition_guidance_scale
+            branches = [(False, False), (True, False), (True, True)]
+            cond_emb = unet.embed_condition(conditions.to(device)).to(dtype)
+            if cond_emb.shape[:2] != (batch, n_given + num_images):
+                raise ValueError(f"conditions must cover all {n_given + num_images} positions of {batch} sets")
+        else:
+            branches = [(False, False), (True, False)] if guidance_scale != 1 else [(True, False)]
+            cond_emb = None
+
+        def per_branch(x: torch.Tensor, on: list[bool]) -> torch.Tensor:
+            return torch.cat([x if flag else torch.zeros_like(x) for flag in on], 0)
+
+        ctx_on = [c for c, _ in branches]
+        cond_on = [c for _, c in branches]
+
+        def branch_cond(positions: slice) -> torch.Tensor | None:
+            return None if cond_emb is None else per_branch(cond_emb[:, positions], cond_on)
+
+        latents_given = encode_images(self.vae, pixels.to(self.vae.dtype if self.vae else dtype))
+        memory_pixels = [pixels[:, j : j + 1] for j in range(n_given)]
+        memory_latents = [latents_given[:, j : j + 1] for j in range(n_given)]
+
+        def context_of(lo: int, hi: int) -> torch.Tensor:
+            ctx = [self._context_of(memory_pixels[j], memory_latents[j]) for j in range(lo, hi)]
+            return per_branch(torch.cat(ctx, 1), ctx_on)
+
+        unet.reset_cache()
+        if use_cache and n_given:
+            first = max(0, n_given - window)  # earlier images never enter the window
+            unet.encode_context(context_of(first, n_given), branch_cond(slice(first, n_given)))
+
+        self.scheduler.set_timesteps(num_inference_steps, device=device)
+        config = unet.config.unet_config
+        latent_shape = (batch, 1, config["in_channels"], config["sample_size"], config["sample_size"])
+        outputs = []
+        self.set_progress_bar_config(disable=not progress)
+        with self.progress_bar(total=num_images * num_inference_steps) as bar:
+            for i in range(num_images):
+                position = n_given + i
+                n_visible = min(window, position)
+                lo = position - n_visible
+                query_cond = branch_cond(slice(position, position + 1))
+                latents = randn_tensor(latent_shape, generator=generator, device=device, dtype=dtype)
+                latents = latents * self.scheduler.init_noise_sigma
+                for t in self.scheduler.timesteps:
+                    context = context_cond = None
+                    if not use_cache and n_visible:  # the uncached baseline recomputes the context every step
+                        context, context_cond = context_of(lo, position), branch_cond(slice(lo, position))
+                    inp = self.scheduler.scale_model_input(latents.repeat(len(branches), 1, 1, 1, 1), t)
+                    eps = unet(
+                        inp, t, context=context, visible=[n_visible], cond_query=query_cond,
+                        cond_context=context_cond, window=window,
+                    ).chunk(len(branches))
+                    if conditions is not None:
+                        eps = cfg_eq7(*eps, s_img, s_cond)
+                    else:
+                        eps = eps[0] if len(eps) == 1 else cfg_eq6(eps[0], eps[1], guidance_scale)
+                    latents = self.scheduler.step(eps.flatten(0, 1), t, latents.flatten(0, 1)).prev_sample
+                    latents = latents.unflatten(0, (batch, 1))
+                    bar.update()
+                image = decode_latents(self.vae, latents)
+                outputs.append(image)
+                memory_pixels.append(image)
+                memory_latents.append(latents)
+                if use_cache and i + 1 < num_images:
+                    unet.encode_context(context_of(position, position + 1), branch_cond(slice(position, position + 1)))
+        unet.reset_cache()
+
+        images_out = (torch.cat(outputs, 1).float() + 1) / 2
+        if output_type == "pil":
+            images_out = to_pil(images_out)
+        elif output_type != "pt":
+            raise ValueError(f"output_type must be 'pil' or 'pt', got {output_type!r}")
+        self.maybe_free_model_hooks()
+        return M2MPipelineOutput(images=images_out) if return_dict else (images_out,)
