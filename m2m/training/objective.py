@@ -1,0 +1,53 @@
+"""The M2M training objective (paper section 6.1, eq. 5; section 6.2 for task conditions)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from m2m.models.encoders import dino_features, encode_images
+
+
+@torch.no_grad()
+def clean_context(pipe, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``z_0^{1:N} = E(I)`` and the context the model attends to: ``z_0`` (Self) or DINOv2 ``v`` (DINO)."""
+    z0 = encode_images(pipe.vae, images)
+    if pipe.unet.config.variant == "self":
+        return z0, z0
+    return z0, dino_features(pipe.image_encoder, images, pipe.unet.config.dino_image_size)
+
+
+def m2m_loss(
+    pipe,
+    noise_scheduler,
+    images: torch.Tensor,
+    conditions: torch.Tensor | None = None,
+    p_uncond: float = 0.1,
+    p_drop_condition: float = 0.1,
+    generator: torch.Generator | None = None,
+    precomputed: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """Eq. 5: E ||ε − ε_θ(z_t^{1:N}, z_0^{1:N}, t)||², every image of the set noised, loss over all N.
+
+    One timestep per set (eq. 5 has a single t). With probability ``p_uncond`` the whole clean condition of
+    a set is zeroed (and its task conditions with it) so the model also learns ε_θ(z_t, 0, t) for eq. 6.
+    With task conditions, the conditions alone are dropped with ``p_drop_condition`` so that eq. 7's
+    ε_θ(z_t, z_0, ∅) is trained too.
+    """
+    unet = pipe.unet
+    z0, context = precomputed if precomputed is not None else clean_context(pipe, images)
+    batch = z0.shape[0]
+    device = z0.device
+    noise = torch.randn(z0.shape, generator=generator, device=device, dtype=z0.dtype)
+    t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (batch,), generator=generator, device=device)
+    zt = noise_scheduler.add_noise(z0, noise, t)
+
+    drop = torch.rand(batch, generator=generator, device=device) < p_uncond
+    context = context * (~drop).view(-1, *[1] * (context.ndim - 1)).to(context.dtype)
+    cond = None
+    if conditions is not None:
+        keep = ~drop & (torch.rand(batch, generator=generator, device=device) >= p_drop_condition)
+        cond = unet.embed_condition(conditions) * keep.view(-1, 1, 1).to(z0.dtype)
+
+    eps = unet(zt, t, context=context, cond_query=cond, cond_context=cond)
+    return F.mse_loss(eps.float(), noise.float())

@@ -1,0 +1,92 @@
+import pytest
+import torch
+
+from m2m.models.build import add_condition, build_pipeline
+from m2m.pipeline import M2MPipeline, cfg_eq6, cfg_eq7
+from tests.models.conftest import randomize_image_set_attention
+
+
+def sample(pipe, images, **kwargs):
+    kwargs = {"num_images": 3, "window": 2, "num_inference_steps": 4, "output_type": "pt", "progress": False} | kwargs
+    return pipe(images, generator=torch.Generator().manual_seed(0), **kwargs).images
+
+
+@pytest.fixture(scope="module", params=["self", "dino"])
+def pipe(request):
+    pipe = build_pipeline("tiny", request.param)
+    randomize_image_set_attention(pipe.unet, std=0.1)
+    return pipe
+
+
+@pytest.fixture
+def images():
+    return torch.rand(2, 3, 3, 32, 32, generator=torch.Generator().manual_seed(1)) * 2 - 1
+
+
+def test_cached_sampler_equals_uncached(pipe, images):
+    cached = sample(pipe, images)
+    uncached = sample(pipe, images, use_cache=False)
+    assert cached.shape == (2, 3, 3, 32, 32)
+    assert torch.allclose(cached, uncached, atol=1e-5)
+
+
+def test_generator_makes_sampling_reproducible(pipe, images):
+    assert torch.equal(sample(pipe, images), sample(pipe, images))
+
+
+def test_context_changes_the_generated_images(pipe, images):
+    assert not torch.allclose(sample(pipe, images), sample(pipe, -images), atol=1e-3)
+
+
+def test_unconditional_branch_ignores_the_context(pipe, images):
+    """s = 0 leaves eq. 6's unconditional branch alone: the zeroed condition, whatever the context."""
+    assert torch.allclose(sample(pipe, images, guidance_scale=0.0), sample(pipe, -images, guidance_scale=0.0), atol=1e-5)
+
+
+def test_zeroed_condition_is_the_unconditional_branch():
+    """M2M-Self in pixel space: a zero context is eq. 6's zeroed condition, so guidance changes nothing."""
+    pipe = build_pipeline("tiny", "self")
+    randomize_image_set_attention(pipe.unet, std=0.1)
+    zeros = torch.zeros(1, 2, 3, 32, 32)
+    first = {"num_images": 1}  # later images would see the (non-zero) first generated one
+    assert torch.allclose(sample(pipe, zeros, guidance_scale=7.5, **first), sample(pipe, zeros, guidance_scale=1.0, **first), atol=1e-5)
+
+
+def test_guidance_arithmetic():
+    torch.manual_seed(0)
+    u, c, b = torch.randn(3, 4, 8).unbind(0)
+    assert torch.allclose(cfg_eq6(u, c, 7.5), u + 7.5 * (c - u))
+    assert torch.equal(cfg_eq6(u, c, 1.0), u + 1.0 * (c - u))
+    assert torch.allclose(cfg_eq7(u, c, b, 3.0, 2.0), u + 3.0 * (c - u) + 2.0 * (b - c))
+    assert torch.allclose(cfg_eq7(u, c, b, 7.5, 0.0), cfg_eq6(u, c, 7.5))
+
+
+def test_no_input_images(pipe):
+    out = pipe(None, num_images=2, window=2, num_inference_steps=2, batch_size=2, progress=False).images
+    assert len(out) == 2 and all(len(row) == 2 and row[0].size == (32, 32) for row in out)
+
+
+def test_task_conditions_use_eq7(images):
+    pipe = add_condition(build_pipeline("tiny", "dino"), "procedure")
+    steps = torch.arange(5).expand(2, 5)
+    out = sample(pipe, images, conditions=steps, image_guidance_scale=2.0, condition_guidance_scale=1.5, num_images=2)
+    cached_off = sample(pipe, images, conditions=steps, image_guidance_scale=2.0, condition_guidance_scale=1.5, num_images=2, use_cache=False)
+    assert torch.allclose(out, cached_off, atol=1e-5)
+    with pytest.raises(ValueError, match="conditions must cover all 5 positions"):
+        sample(pipe, images, conditions=steps[:, :4], num_images=2)
+
+
+def test_save_and_load_round_trip(pipe, images, tmp_path):
+    pipe.save_pretrained(tmp_path)
+    assert list(tmp_path.glob("unet/*.safetensors"))
+    loaded = M2MPipeline.from_pretrained(tmp_path)
+    assert torch.equal(sample(pipe, images), sample(loaded, images))
+
+
+def test_bad_inputs(pipe, images):
+    with pytest.raises(ValueError, match="this model generates 32x32"):
+        sample(pipe, torch.zeros(1, 2, 3, 16, 16))
+    with pytest.raises(ValueError, match=r"\(B, K, 3, H, W\) RGB"):
+        sample(pipe, torch.zeros(1, 2, 4, 32, 32))
+    with pytest.raises(ValueError, match="window W must be >= 1"):
+        sample(pipe, None, window=0)
