@@ -72,3 +72,10 @@ def missing_weights(folder: Path, what: str, hub_id: str) -> FileNotFoundError:
         f"{folder}: {what} not found; download {hub_id} (e.g. `huggingface-cli download {hub_id} "
         f"--local-dir {folder}`) and put it there, or pass its folder"
     )
+
+# SD-2.1-base's AutoencoderKL architecture (for random-weight benchmarks; real runs load weights).
+SD21_VAE = dict(
+    in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(128, 256, 512, 512), layers_per_block=2,
+    down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4, sample_size=512,
+    scaling_factor=0.18215,
+)

@@ -1,0 +1,75 @@
+"""``m2m sample``: preceding images in, the next images out (paper section 6.1, eq. 6; eq. 7 with conditions)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = sub.add_parser(
+        "sample",
+        help="generate the next images of a set from its preceding images",
+        description="Generate --num-images images that continue the given preceding images, one at a time; "
+        "each generated image joins the context (the model sees the last --window images). Writes "
+        "000.png, 001.png, ... and grid.png (preceding | generated) into --out.",
+    )
+    p.add_argument("--model", required=True, type=Path, help="an M2M pipeline folder (m2m init / m2m train)")
+    p.add_argument("--images", nargs="*", default=[], type=Path, help="preceding image files, in order")
+    p.add_argument("--out", required=True, type=Path, help="output folder")
+    p.add_argument("--num-images", type=int, default=4, help="how many images to generate (M)")
+    p.add_argument("--window", type=int, default=4, help="context window W")
+    p.add_argument("--steps", type=int, default=50, help="DDIM steps (paper: 50)")
+    p.add_argument("--guidance-scale", type=float, default=7.5, help="s of eq. 6 (paper: 7.5)")
+    p.add_argument("--steps-of-procedure", type=int, nargs="*", help="procedure step index of every image (eq. 7)")
+    p.add_argument("--condition-guidance-scale", type=float, default=1.0, help="s_C of eq. 7")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="auto (cuda when present), cpu or cuda")
+    return p
+
+
+def load_images(paths: list[Path], size: int):
+    """Open images as RGB, centre-cropped to a square and resized to the model's size."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    images = []
+    for path in paths:
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no such image file")
+        try:
+            with Image.open(path) as im:
+                images.append(ImageOps.fit(im.convert("RGB"), (size, size), Image.BICUBIC))
+        except UnidentifiedImageError:
+            raise ValueError(f"{path}: not an image file PIL can read") from None
+    return images
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from m2m.grid import image_grid
+    from m2m.pipeline import M2MPipeline, from_pil
+
+    if not (args.model / "model_index.json").exists():
+        raise FileNotFoundError(f"{args.model}: not an M2M pipeline folder (no model_index.json)")
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    pipe = M2MPipeline.from_pretrained(args.model).to(device)
+    context = load_images(args.images, pipe.image_size)
+    conditions = None
+    if args.steps_of_procedure is not None:
+        if len(args.steps_of_procedure) != len(context) + args.num_images:
+            raise ValueError(f"--steps-of-procedure needs {len(context) + args.num_images} values, one per image")
+        conditions = torch.tensor([args.steps_of_procedure])
+    images = from_pil([context]) if context else None
+    out = pipe(
+        images, num_images=args.num_images, window=args.window, num_inference_steps=args.steps,
+        guidance_scale=args.guidance_scale, conditions=conditions,
+        condition_guidance_scale=args.condition_guidance_scale,
+        generator=torch.Generator(device).manual_seed(args.seed),
+    ).images[0]
+    args.out.mkdir(parents=True, exist_ok=True)
+    for i, image in enumerate(out):
+        image.save(args.out / f"{i:03d}.png")
+    image_grid([context + out], split=len(context) or None, scale=max(1, 128 // pipe.image_size)).save(args.out / "grid.png")
+    print(f"wrote {len(out)} images and grid.png to {args.out}")
+    return 0

@@ -1,0 +1,85 @@
+"""Task data for fine-tuning (paper section 7.1.2): what the novel-view and procedure readers share.
+
+The layouts, readers and fixtures live in ``tasks_nvs`` (Objaverse-style renders) and ``tasks_procedure``
+(VGSI-style wikiHow methods); both return items ``{"images": (N, 3, H, W) in [-1, 1], "cond": ..., "id"}``
+where the N images are an ordered window of the item's images.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+SAMPLES = ("random", "first")
+
+
+def load_image(path: Path, image_size: int | None = None) -> torch.Tensor:
+    """An RGB image file as a float ``(3, H, W)`` tensor in ``[-1, 1]``, resized (bicubic) if asked."""
+    try:
+        with Image.open(path) as image:
+            image = image.convert("RGB")
+    except FileNotFoundError as err:
+        raise FileNotFoundError(f"{path}: image file not found") from err
+    except (UnidentifiedImageError, OSError) as err:
+        raise ValueError(f"{path}: not a readable image ({err})") from err
+    if image_size is not None and image.size != (image_size, image_size):
+        image = image.resize((image_size, image_size), Image.Resampling.BICUBIC)
+    array = torch.from_numpy(np.asarray(image, dtype=np.float32).copy())
+    return array.permute(2, 0, 1) / 127.5 - 1.0
+
+
+def save_png(image: Image.Image | np.ndarray, path: Path) -> None:
+    """Write a PNG atomically (temporary name in the same folder, then ``os.replace``)."""
+    if isinstance(image, np.ndarray):
+        image = Image.fromarray(image)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        image.save(tmp, format="PNG")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def item_folders(root: str | Path) -> list[Path]:
+    """The item sub-folders of a task-data root, sorted by name; a missing or empty root is an error."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: task-data folder not found")
+    folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not folders:
+        raise ValueError(f"{root}: no item folders inside")
+    return folders
+
+
+class TaskDataset(torch.utils.data.Dataset):
+    """Items of ``n_images`` consecutive images each: from a random start (``sample="random"``, training;
+    draws from torch's generator, so ``torch.manual_seed`` and DataLoader workers make it reproducible) or
+    from the first image (``sample="first"``, evaluation). Items with fewer images are skipped, counted
+    in ``skipped`` and named in a warning."""
+
+    def __init__(self, n_images: int, sample: str, image_size: int | None):
+        if n_images < 1:
+            raise ValueError(f"n_images must be at least 1, got {n_images}")
+        if sample not in SAMPLES:
+            raise ValueError(f"sample must be one of {SAMPLES}, got {sample!r}")
+        self.n_images, self.sample, self.image_size = n_images, sample, image_size
+        self.skipped: list[str] = []
+
+    def _keep(self, folder: Path, count: int) -> bool:
+        if count >= self.n_images:
+            return True
+        self.skipped.append(folder.name)
+        warnings.warn(f"{folder}: {count} images, fewer than n_images={self.n_images}; skipped", stacklevel=3)
+        return False
+
+    def _start(self, count: int, wrap: bool) -> int:
+        """Index of the window's first image; with ``wrap`` the window may run past the end (orbits)."""
+        if self.sample == "first":
+            return 0
+        choices = count if wrap else count - self.n_images + 1
+        return int(torch.randint(choices, (1,)))
