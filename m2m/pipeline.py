@@ -154,7 +154,10 @@ class M2MPipeline(DiffusionPipeline):
         def branch_cond(positions: slice) -> torch.Tensor | None:
             return None if cond_emb is None else per_branch(cond_emb[:, positions], cond_on)
 
-        latents_given = encode_images(self.vae, pixels.to(self.vae.dtype if self.vae else dtype))
+        if self.variant == "self":
+            latents_given = encode_images(self.vae, pixels.to(self.vae.dtype if self.vae else dtype))
+        else:  # M2M-DINO attends to DINOv2 features of the pixels; it never needs their latents
+            latents_given = pixels.new_zeros(batch, n_given, 0)
         memory_pixels = [pixels[:, j : j + 1] for j in range(n_given)]
         memory_latents = [latents_given[:, j : j + 1] for j in range(n_given)]
 

@@ -38,18 +38,23 @@ def image_set_attention(
     if len(visible) != n_query:
         raise ValueError(f"visible has {len(visible)} entries for {n_query} noisy images")
     d_head = dim // heads
+
+    def attend(qq: torch.Tensor, n_visible: int) -> torch.Tensor:
+        n_keys = 1 + n_visible * tokens_per_image
+        kk = k[:, :n_keys].reshape(batch, n_keys, heads, d_head).transpose(1, 2)
+        vv = v[:, :n_keys].reshape(batch, n_keys, heads, d_head).transpose(1, 2)
+        o = F.scaled_dot_product_attention(qq.reshape(batch, -1, heads, d_head).transpose(1, 2), kk, vv)
+        return o.transpose(1, 2).reshape(batch, -1, q_len, dim)
+
+    if all(n == visible[0] for n in visible):  # sampling: every noisy image sees the same context
+        return attend(q, visible[0])
     out = q.new_empty(q.shape)
     start = 0
     while start < n_query:  # group consecutive noisy images that see the same prefix: one kernel call each
         stop = start + 1
         while stop < n_query and visible[stop] == visible[start]:
             stop += 1
-        n_keys = 1 + visible[start] * tokens_per_image
-        qq = q[:, start:stop].reshape(batch, -1, heads, d_head).transpose(1, 2)
-        kk = k[:, :n_keys].reshape(batch, n_keys, heads, d_head).transpose(1, 2)
-        vv = v[:, :n_keys].reshape(batch, n_keys, heads, d_head).transpose(1, 2)
-        o = F.scaled_dot_product_attention(qq, kk, vv)
-        out[:, start:stop] = o.transpose(1, 2).reshape(batch, stop - start, q_len, dim)
+        out[:, start:stop] = attend(q[:, start:stop], visible[start])
         start = stop
     return out
 
