@@ -92,5 +92,6 @@ def add_condition(pipe, condition: str):
     missing, unexpected = unet.load_state_dict(old.state_dict(), strict=False)
     if unexpected:
         raise ValueError(f"cannot add a {condition} condition: unexpected weights {unexpected[:3]}")
-    pipe.register_modules(unet=unet.to(old.device, old.dtype))
+    unet = unet.to(old.device) if old.dtype == unet.dtype else unet.to(old.device, old.dtype)
+    pipe.register_modules(unet=unet)
     return pipe

@@ -157,7 +157,6 @@ class M2MUNet(ModelMixin, ConfigMixin):
             features = self._condition_features(context, cond_context).flatten(0, 1)
             for attn, proc in self.image_set_layers():
                 proc.store(attn, features, batch)
-        s.cond_context = None
 
     # -- forward --------------------------------------------------------------------------------
 
@@ -207,8 +206,8 @@ class M2MUNet(ModelMixin, ConfigMixin):
             else:
                 s.mode = "context"
                 s.context = self._condition_features(context, cond_context)
+        # The state stays set after the call: gradient checkpointing re-runs the layers in backward.
         out = self.unet(sample, t, encoder_hidden_states=None).sample
-        s.context = None
         return out[n_clean:].unflatten(0, (batch, n_query))
 
 

@@ -26,15 +26,18 @@ def m2m_loss(
     p_drop_condition: float = 0.1,
     generator: torch.Generator | None = None,
     precomputed: tuple[torch.Tensor, torch.Tensor] | None = None,
+    unet=None,
 ) -> torch.Tensor:
     """Eq. 5: E ||ε − ε_θ(z_t^{1:N}, z_0^{1:N}, t)||², every image of the set noised, loss over all N.
 
     One timestep per set (eq. 5 has a single t). With probability ``p_uncond`` the whole clean condition of
     a set is zeroed (and its task conditions with it) so the model also learns ε_θ(z_t, 0, t) for eq. 6.
     With task conditions, the conditions alone are dropped with ``p_drop_condition`` so that eq. 7's
-    ε_θ(z_t, z_0, ∅) is trained too.
+    ε_θ(z_t, z_0, ∅) is trained too. ``unet`` overrides ``pipe.unet`` for the forward pass (e.g. the
+    DDP-wrapped model under Accelerate).
     """
-    unet = pipe.unet
+    model = pipe.unet
+    unet = unet if unet is not None else model
     z0, context = precomputed if precomputed is not None else clean_context(pipe, images)
     batch = z0.shape[0]
     device = z0.device
@@ -47,7 +50,7 @@ def m2m_loss(
     cond = None
     if conditions is not None:
         keep = ~drop & (torch.rand(batch, generator=generator, device=device) >= p_drop_condition)
-        cond = unet.embed_condition(conditions) * keep.view(-1, 1, 1).to(z0.dtype)
+        cond = model.embed_condition(conditions) * keep.view(-1, 1, 1).to(z0.dtype)
 
     eps = unet(zt, t, context=context, cond_query=cond, cond_context=cond)
     return F.mse_loss(eps.float(), noise.float())

@@ -1,0 +1,88 @@
+"""``m2m train``: pre-train on MIS (eq. 5) or fine-tune on a task (section 6.2), on Accelerate."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from m2m.models import presets
+from m2m.training.config import MIXED_PRECISION, PRESET_DEFAULTS, TASK_CONDITIONS, TrainConfig
+
+
+def _preset_defaults(preset: str) -> str:
+    return ", ".join(f"--{k.replace('_', '-')} {v:g}" for k, v in PRESET_DEFAULTS[preset].items())
+
+
+HELP = "pre-train on MIS (eq. 5) or fine-tune on a task (section 6.2)"
+DESCRIPTION = f"""\
+Train the UNet of an M2M model (the VAE and DINOv2 stay frozen): every image of a set is noised and
+the model predicts each one's noise from the clean images before it (eq. 5); with probability
+--p-uncond the whole clean context is zeroed so that guidance (eq. 6) works at sampling time.
+
+Pre-training reads the train split of an MIS dataset (--data). Fine-tuning (--task nvs|procedure)
+starts from --init, adds a camera or step-position embedding and reads --task-data.
+
+Defaults per preset (sd21 follows the paper: AdamW, constant lr without warm-up, one epoch):
+  tiny  {_preset_defaults('tiny')}
+  sd21  {_preset_defaults('sd21')}
+--batch-size counts sets per optimizer step over all processes; each process runs --micro-batch-size
+sets per forward pass and accumulates gradients over the rest.
+
+One process: `m2m train ...`. N GPUs: `accelerate launch --num_processes N -m m2m train ...`.
+
+Writes --out (the pipeline folder, train_metrics.json, loss.csv, samples.png) only when training is
+done, replacing any earlier model there as a whole. Checkpoints go to <out>.ckpt/ (--checkpoint-dir);
+--resume continues from the latest one and ends with the weights of an uninterrupted run.
+"""
+
+
+def register(subparsers) -> argparse.ArgumentParser:
+    d = TrainConfig
+    p = subparsers.add_parser(
+        "train", help=HELP, description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--preset", choices=presets.PRESETS, default=d.preset, help="model size (default tiny)")
+    p.add_argument("--variant", choices=["self", "dino"], default=d.variant, help="M2M-Self or M2M-DINO")
+    p.add_argument("--data", type=Path, default=d.data, help="MIS dataset folder (default assets/mis)")
+    p.add_argument("--out", type=Path, required=True, help="model folder to write, e.g. assets/models/m2m-self")
+    p.add_argument("--init", type=Path, help="pipeline folder to start from (default: fresh from the preset)")
+    p.add_argument("--task", choices=sorted(TASK_CONDITIONS), help="fine-tune for novel views or procedures")
+    p.add_argument("--task-data", type=Path, help="task data folder (m2m make-task-data)")
+    p.add_argument("--steps", type=int, help="optimizer steps (default: one epoch)")
+    p.add_argument("--batch-size", type=int, help="sets per optimizer step over all processes (default: preset)")
+    p.add_argument("--micro-batch-size", type=int, help="sets per process per forward pass (default: all)")
+    p.add_argument("--n-images", type=int, default=d.n_images, help="images N per set (paper: 5)")
+    p.add_argument("--lr", type=float, help="AdamW learning rate, constant (default: preset)")
+    p.add_argument("--p-uncond", type=float, default=d.p_uncond, help="probability of a zeroed context (0.1)")
+    p.add_argument("--mixed-precision", choices=MIXED_PRECISION, default=d.mixed_precision, help="autocast dtype")
+    p.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations: less memory")
+    p.add_argument("--ema", action="store_true", help="keep EMA weights and save them as the model")
+    p.add_argument("--checkpoint-every", type=int, help="steps between checkpoints, 0: none (default: preset)")
+    p.add_argument("--checkpoint-dir", type=Path, help="checkpoint folder (default: <out>.ckpt)")
+    p.add_argument("--keep-checkpoints", type=int, default=d.keep_checkpoints, help="newest checkpoints kept (2)")
+    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint, if any")
+    p.add_argument("--seed", type=int, default=d.seed, help="seed of the data order, noise and new weights")
+    p.add_argument("--log-every", type=int, default=d.log_every, help="steps between log lines")
+    p.add_argument("--num-workers", type=int, default=d.num_workers, help="data loading processes")
+    p.add_argument("--sample-steps", type=int, default=d.sample_steps, help="DDIM steps for samples.png")
+    p.add_argument("--sd-folder", type=Path, default=d.sd_folder, help="local SD-2.1-base folder (sd21)")
+    p.add_argument("--dino-folder", type=Path, default=d.dino_folder, help="local DINOv2 folder (sd21, dino)")
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    import dataclasses
+    import logging
+
+    from m2m.training.loop import train
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("accelerate").setLevel(logging.WARNING)
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    metrics = train(TrainConfig(**{k: v for k, v in vars(args).items() if k in fields}))
+    if metrics is not None:
+        print(
+            f"trained M2M-{args.variant} for {metrics['steps']} steps: final loss {metrics['final_loss']:.4f}, "
+            f"{metrics['images_per_s'] or 0:.1f} img/s; wrote {args.out}"
+        )
+    return 0

@@ -1,0 +1,428 @@
+"""The training loop (paper section 6, appendix A) on Accelerate: one CPU process or N GPUs alike.
+
+Pre-training reads MIS image sets and minimises eq. 5; fine-tuning (section 6.2) adds a task condition
+to a pre-trained model and reads a task dataset. Only the UNet trains; the VAE and DINOv2 stay frozen.
+Progress shows loss and images/s; checkpoints (``checkpoint.py``) let ``resume`` continue a run so
+that it ends with the weights an uninterrupted run would have. The model folder (pipeline,
+``train_metrics.json``, ``loss.csv``, ``samples.png``) is written to a temporary folder and moved into
+place only when complete.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from accelerate.logging import get_logger
+
+from m2m.training import checkpoint
+from m2m.training.config import TrainConfig
+from m2m.training.objective import clean_context, m2m_loss
+
+logger = get_logger(__name__)
+
+# Settings a resumed run must share with its checkpoint (others, such as --steps, may change).
+RESUME_SETTINGS = (
+    "preset", "variant", "init", "task", "data", "task_data", "n_images", "batch_size", "micro_batch_size",
+    "lr", "weight_decay", "p_uncond", "p_drop_condition", "ema", "ema_decay", "seed",
+)
+
+
+# -- data ------------------------------------------------------------------------------------------
+
+
+class _Seeded(torch.utils.data.Dataset):
+    """Reads item ``index`` with torch's RNG seeded per draw, so random windows survive a resume."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]) -> dict:
+        index, seed = key
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return self.dataset[index]
+
+
+class TaskBatches:
+    """Endless micro-batches of a task dataset, resumable: ``state_dict()`` is the batches consumed.
+
+    The item stream is the concatenation of seeded permutations, one per epoch; process ``rank`` takes
+    every ``world_size``-th block of ``batch_size`` items.
+    """
+
+    def __init__(self, dataset, batch_size: int, seed: int, rank: int = 0, world_size: int = 1, num_workers: int = 0):
+        self.dataset, self.batch_size, self.seed = _Seeded(dataset), batch_size, seed
+        self.rank, self.world_size, self.num_workers = rank, world_size, num_workers
+        self.batches = 0
+
+    def _keys(self, first_batch: int):
+        n, perm, perm_epoch = len(self.dataset), None, -1
+        batch = first_batch
+        while True:
+            start = (batch * self.world_size + self.rank) * self.batch_size
+            for position in range(start, start + self.batch_size):
+                epoch, i = divmod(position, n)
+                if epoch != perm_epoch:
+                    perm, perm_epoch = random.Random(f"{self.seed}:{epoch}").sample(range(n), n), epoch
+                yield perm[i], random.Random(f"{self.seed}:item:{position}").getrandbits(63)
+            batch += 1
+
+    def __iter__(self):
+        loader = torch.utils.data.DataLoader(
+            self.dataset, batch_size=self.batch_size, sampler=self._keys(self.batches), num_workers=self.num_workers
+        )
+        for batch in loader:
+            self.batches += 1
+            yield batch
+
+    def state_dict(self) -> dict:
+        return {"batches": self.batches, "seed": self.seed}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("seed") != self.seed:
+            raise ValueError(f"task data position: made with seed {state.get('seed')}, this run has {self.seed}")
+        self.batches = int(state["batches"])
+
+
+class Endless:
+    """Epoch after epoch of a resumable one-epoch-per-iteration loader (``MISLoader``)."""
+
+    def __init__(self, loader, source: Path):
+        self.loader, self.source = loader, source
+
+    def __iter__(self):
+        empty_passes = 0
+        while empty_passes < 2:  # a resumed loader may start at the very end of an epoch
+            empty_passes += 1
+            for batch in self.loader:
+                empty_passes = 0
+                yield batch
+        raise ValueError(f"{self.source}: no readable training sets")
+
+    def state_dict(self) -> dict:
+        return self.loader.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.loader.load_state_dict(state)
+
+
+def _task_dataset(cfg: TrainConfig, n_images: int, sample: str, image_size: int):
+    from m2m.data.tasks_nvs import NVSDataset
+    from m2m.data.tasks_procedure import ProcedureDataset
+
+    cls = NVSDataset if cfg.task == "nvs" else ProcedureDataset
+    return cls(cfg.task_data, n_images=n_images, sample=sample, image_size=image_size)
+
+
+def training_data(cfg: TrainConfig, image_size: int, rank: int, world_size: int):
+    """(endless resumable batches of ``micro_batch_size`` sets, optimizer steps in one epoch)."""
+    if cfg.task is not None:
+        dataset = _task_dataset(cfg, cfg.n_images, "random", image_size)
+        batches = TaskBatches(dataset, cfg.micro_batch_size, cfg.seed, rank, world_size, cfg.num_workers)
+        return batches, math.ceil(len(dataset) / cfg.batch_size)
+    from m2m.data.loader import mis_loader
+
+    loader = mis_loader(
+        cfg.data, split="train", n_images=cfg.n_images, image_size=image_size, seed=cfg.seed,
+        batch_size=cfg.micro_batch_size, num_workers=cfg.num_workers, rank=rank, world_size=world_size,
+    )
+    manifest = json.loads(loader.manifest.read_text(encoding="utf-8"))
+    n_train = int(manifest["split"]["train"])
+    if n_train == 0:
+        raise ValueError(f"{loader.manifest}: the train split is empty")
+    return Endless(loader, cfg.data), math.ceil(n_train / cfg.batch_size)
+
+
+def heldout_sets(cfg: TrainConfig, image_size: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Sets for ``samples.png``: ``(S, K, 3, H, W)`` preceding images and task conditions for K + M images.
+
+    MIS: the first sets of the test split (the train split when the test split is empty). Task data has
+    no split; its first items from their first image are shown.
+    """
+    k, m = cfg.sample_context, cfg.sample_generate
+    if cfg.task is not None:
+        dataset = _task_dataset(cfg, k + m, "first", image_size)
+        items = [dataset[i] for i in range(min(cfg.sample_sets, len(dataset)))]
+        return torch.stack([it["images"][:k] for it in items]), torch.stack([it["cond"] for it in items])
+    from m2m.data.loader import read_mis_sets
+    from m2m.pipeline import from_pil
+
+    sets = read_mis_sets(cfg.data, "test", limit=cfg.sample_sets)
+    sets = sets or read_mis_sets(cfg.data, "train", limit=cfg.sample_sets)
+    if not sets:
+        raise ValueError(f"{cfg.data}: no readable sets to sample from")
+    if len(sets[0]["images"]) < k:
+        n = len(sets[0]["images"])
+        raise ValueError(f"--sample-context: {k} preceding images, but the sets of {cfg.data} have {n}")
+    rows = [[im.resize((image_size, image_size)) for im in s["images"][:k]] for s in sets]
+    return from_pil(rows), None
+
+
+# -- model ---------------------------------------------------------------------------------------
+
+
+def load_pipeline(cfg: TrainConfig):
+    """The pipeline to train: ``--init`` or fresh from the preset, with the task condition added."""
+    from m2m.models.build import add_condition, build_pipeline
+    from m2m.pipeline import M2MPipeline
+
+    if cfg.init is not None:
+        if not (Path(cfg.init) / "model_index.json").is_file():
+            raise FileNotFoundError(f"{cfg.init}: not an M2M pipeline folder (model_index.json missing)")
+        pipe = M2MPipeline.from_pretrained(cfg.init)
+        if pipe.variant != cfg.variant:
+            raise ValueError(f"--init {cfg.init}: an M2M-{pipe.variant} model, but --variant is {cfg.variant}")
+    else:
+        pipe = build_pipeline(
+            cfg.preset, cfg.variant, seed=cfg.seed, sd_folder=cfg.sd_folder, dino_folder=cfg.dino_folder
+        )
+    if cfg.condition is not None:
+        pipe = add_condition(pipe, cfg.condition)
+    for frozen in (pipe.vae, pipe.image_encoder):
+        if frozen is not None:
+            frozen.requires_grad_(False).eval()
+    return pipe
+
+
+# -- outputs -------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def sample_grid(pipe, cfg: TrainConfig, context: torch.Tensor, conditions: torch.Tensor | None):
+    """``samples.png``: each row K preceding images | the M images the model generates after them."""
+    from m2m.grid import image_grid
+    from m2m.pipeline import to_pil
+
+    device = pipe.unet.device
+    generated = pipe(
+        context.to(device), num_images=cfg.sample_generate, window=cfg.sample_context,
+        num_inference_steps=cfg.sample_steps, guidance_scale=cfg.sample_guidance_scale,
+        conditions=None if conditions is None else conditions.to(device),
+        generator=torch.Generator(device).manual_seed(cfg.seed), output_type="pil", progress=False,
+    ).images
+    rows = [ctx + gen for ctx, gen in zip(to_pil((context + 1) / 2), generated)]
+    return image_grid(rows, split=cfg.sample_context, scale=max(1, 64 // pipe.image_size))
+
+
+def check_model_folder(out: str | Path) -> None:
+    """``out`` may be replaced by a model folder: it is absent, empty, or a model folder already."""
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "model_index.json").is_file())):
+        raise ValueError(f"--out {out}: exists and is not an M2M model folder; refusing to replace it")
+
+
+def write_model_folder(
+    out: str | Path, pipe, metrics: dict | None = None, losses: list[float] | None = None, grid=None
+) -> None:
+    """The pipeline folder (+ ``train_metrics.json``, ``loss.csv``, ``samples.png``), moved into place whole."""
+    from m2m.data import write_json
+
+    out = Path(out)
+    tmp = out.with_name(f".{out.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        pipe.save_pretrained(tmp, safe_serialization=True)
+        if metrics is not None:
+            write_json(tmp / "train_metrics.json", metrics)
+        if losses is not None:
+            rows = "".join(f"{i},{loss:.6g}\n" for i, loss in enumerate(losses, start=1))
+            (tmp / "loss.csv").write_text("step,loss\n" + rows, encoding="utf-8")
+        if grid is not None:
+            grid.save(tmp / "samples.png")
+        checkpoint.replace_dir(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+# -- the loop ------------------------------------------------------------------------------------
+
+
+@dataclass
+class Progress:
+    """Where a run stands; saved in every checkpoint."""
+
+    step: int = 0
+    losses: list[float] = field(default_factory=list)
+    elapsed_s: float = 0.0  # wall time, resumed runs included
+    train_s: float = 0.0  # time in training steps (no start-up, checkpoints or sampling)
+    resumed_from: int | None = None
+
+
+def resume(cfg: TrainConfig, accelerator, settings: dict, data, noise, ema, param_names) -> Progress:
+    """Restore the latest checkpoint when ``--resume`` finds one; else a fresh start."""
+    latest = checkpoint.latest_checkpoint(cfg.checkpoints) if cfg.resume else None
+    if latest is None:
+        if cfg.resume:
+            logger.info(f"--resume: no checkpoint in {cfg.checkpoints}; starting at step 0")
+        stale = checkpoint.list_checkpoints(cfg.checkpoints) if cfg.checkpoint_every else []
+        if stale and accelerator.is_main_process:  # they would pose as this run's history in a later --resume
+            logger.warning(f"starting afresh: removing {len(stale)} earlier checkpoints in {cfg.checkpoints}")
+            for folder in stale:
+                shutil.rmtree(folder)
+        accelerator.wait_for_everyone()
+        return Progress()
+    saved = checkpoint.read_trainer_state(latest)
+    checkpoint.check_settings(latest, saved["settings"], settings)
+    data.load_state_dict(checkpoint.load_checkpoint(accelerator, latest, noise, ema, param_names))
+    logger.info(f"resumed from {latest} at step {saved['step']}")
+    return Progress(saved["step"], saved["losses"], saved["elapsed_s"], saved["train_s"], saved["step"])
+
+
+def train_metrics(cfg: TrainConfig, accelerator, pipe, progress: Progress, epoch_steps: int, settings: dict) -> dict:
+    """``train_metrics.json``: loss, speed, size and the settings of the run."""
+    losses, step, train_s = progress.losses, progress.step, progress.train_s
+    tail = losses[-max(1, len(losses) // 10) :]
+    images = step * cfg.batch_size * cfg.n_images
+    return {
+        "steps": step,
+        "final_loss": losses[-1] if losses else None,
+        "loss_last_10pct": sum(tail) / len(tail) if tail else None,
+        "images_per_s": images / train_s if train_s else None,
+        "s_per_step": train_s / step if step else None,
+        "wall_time_s": progress.elapsed_s,
+        "epochs": step / epoch_steps,
+        "params": {
+            "unet": sum(p.numel() for p in pipe.unet.parameters()),
+            "frozen": sum(p.numel() for m in (pipe.vae, pipe.image_encoder) if m is not None for p in m.parameters()),
+        },
+        "resumed_from": progress.resumed_from,
+        "device": str(accelerator.device),
+        "num_processes": accelerator.num_processes,
+        "gradient_accumulation": accelerator.gradient_accumulation_steps,
+        "mixed_precision": cfg.mixed_precision,
+        **settings,
+    }
+
+
+def train(config: TrainConfig) -> dict | None:
+    """Train as ``config`` says; write the model folder; return its ``train_metrics`` (main process)."""
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+    from diffusers import DDPMScheduler
+    from diffusers.optimization import get_constant_schedule
+    from diffusers.training_utils import EMAModel
+    from tqdm.auto import tqdm
+
+    config.resolved()  # bad settings fail before anything starts
+    check_model_folder(config.out)
+    if config.mixed_precision == "fp16" and not torch.cuda.is_available():
+        raise ValueError("--mixed-precision fp16: needs a GPU; use bf16 on a CPU")
+    accelerator = Accelerator(mixed_precision=config.mixed_precision)
+    cfg = config.resolved(accelerator.num_processes)
+    accelerator.gradient_accumulation_steps = cfg.accumulation_steps(accelerator.num_processes)
+    device, rank = accelerator.device, accelerator.process_index
+
+    set_seed(cfg.seed)  # fixes the weights a task condition adds to a pre-trained model
+    pipe = load_pipeline(cfg).to(device)
+    unet = pipe.unet.train()
+    if cfg.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+    data, epoch_steps = training_data(cfg, pipe.image_size, rank, accelerator.num_processes)
+    heldout = heldout_sets(cfg, pipe.image_size) if accelerator.is_main_process else None
+    total = cfg.steps or epoch_steps
+
+    noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)  # the model's own noise schedule
+    optimizer = torch.optim.AdamW(
+        unet.parameters(), lr=cfg.lr, betas=cfg.adam_betas, weight_decay=cfg.weight_decay, eps=cfg.adam_epsilon
+    )
+    ema = EMAModel(unet.parameters(), decay=cfg.ema_decay) if cfg.ema else None
+    param_names = [name for name, _ in unet.named_parameters()]
+    prepared, optimizer, lr_scheduler = accelerator.prepare(unet, optimizer, get_constant_schedule(optimizer))
+    noise = torch.Generator(device).manual_seed(cfg.seed * 10_000 + rank)
+
+    settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(cfg).items() if k in RESUME_SETTINGS}
+    settings["num_processes"] = accelerator.num_processes
+    progress = resume(cfg, accelerator, settings, data, noise, ema, param_names)
+    if progress.step > total:
+        logger.info(f"the checkpoint is at step {progress.step}, past --steps {total}: nothing to train")
+    images_per_step = cfg.batch_size * cfg.n_images
+    logger.info(
+        f"training M2M-{cfg.variant} ({cfg.preset}{', task ' + cfg.task if cfg.task else ''}): {total} steps of "
+        f"{cfg.batch_size} sets x {cfg.n_images} images ({accelerator.num_processes} processes x "
+        f"{cfg.micro_batch_size} x {accelerator.gradient_accumulation_steps} accumulation), lr {cfg.lr:g}"
+    )
+
+    bar = tqdm(
+        total=total, initial=min(progress.step, total), unit="step", desc="train",
+        disable=not accelerator.is_local_main_process,
+    )
+    t_run = t_step = t_log = time.perf_counter()
+    micro_losses, log_from, batches = [], progress.step, iter(data)
+    while progress.step < total:
+        batch = next(batches)
+        images = batch["images"].to(device, non_blocking=True)
+        conditions = batch["cond"].to(device) if cfg.task is not None else None
+        with accelerator.accumulate(prepared):
+            with torch.no_grad(), accelerator.autocast():
+                context = clean_context(pipe, images)
+            loss = m2m_loss(
+                pipe, noise_scheduler, images, conditions, p_uncond=cfg.p_uncond,
+                p_drop_condition=cfg.p_drop_condition, generator=noise, precomputed=context, unet=prepared,
+            )
+            accelerator.backward(loss)
+            if accelerator.sync_gradients:
+                accelerator.clip_grad_norm_(prepared.parameters(), cfg.max_grad_norm)
+            optimizer.step()
+            lr_scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+        micro_losses.append(loss.detach())
+        if not accelerator.sync_gradients:  # accumulating: the optimizer step comes later
+            continue
+
+        if ema is not None:
+            ema.step(unet.parameters())
+        step_loss = accelerator.gather(torch.stack(micro_losses).mean().reshape(1)).mean().item()
+        micro_losses = []
+        progress.step += 1
+        if not math.isfinite(step_loss):
+            raise FloatingPointError(f"loss is {step_loss} at step {progress.step}; lower --lr (checkpoints are kept)")
+        progress.losses.append(step_loss)
+        now = time.perf_counter()
+        progress.train_s += now - t_step
+        bar.update(1)
+        bar.set_postfix(loss=f"{step_loss:.4f}", img_s=f"{images_per_step / (now - t_step):.1f}")
+        if progress.step % cfg.log_every == 0 or progress.step == total:
+            window = progress.losses[log_from:]
+            logger.info(
+                f"step {progress.step}/{total} loss {sum(window) / len(window):.4f} "
+                f"img/s {images_per_step * len(window) / (now - t_log):.1f} lr {lr_scheduler.get_last_lr()[0]:.2e}"
+            )
+            t_log, log_from = now, progress.step
+        if cfg.checkpoint_every and (progress.step % cfg.checkpoint_every == 0 or progress.step == total):
+            state = {
+                "losses": progress.losses, "elapsed_s": progress.elapsed_s + time.perf_counter() - t_run,
+                "train_s": progress.train_s, "settings": settings,
+            }
+            saved = checkpoint.save_checkpoint(
+                accelerator, cfg.checkpoints, progress.step, state, data.state_dict(), noise, ema, param_names,
+                cfg.keep_checkpoints,
+            )
+            logger.info(f"checkpoint: {saved}")
+        t_step = time.perf_counter()
+    bar.close()
+    progress.elapsed_s += time.perf_counter() - t_run
+
+    accelerator.wait_for_everyone()
+    metrics = None
+    if accelerator.is_main_process:
+        unet = accelerator.unwrap_model(prepared)
+        if ema is not None:
+            ema.copy_to(unet.parameters())
+        unet.eval()
+        grid = sample_grid(pipe, cfg, *heldout)
+        metrics = train_metrics(cfg, accelerator, pipe, progress, epoch_steps, settings)
+        write_model_folder(cfg.out, pipe, metrics, progress.losses, grid)
+        logger.info(f"wrote {cfg.out}: final loss {metrics['final_loss']}, {metrics['images_per_s'] or 0:.1f} img/s")
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return metrics

@@ -1,0 +1,215 @@
+"""The training loop (m2m/training/loop.py): a few steps of the tiny preset on tiny MIS and task data."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+
+import pytest
+import torch
+from accelerate.state import AcceleratorState
+from PIL import Image
+from safetensors.torch import load_file
+
+from m2m.training import checkpoint, loop
+from m2m.training.config import TrainConfig
+
+UNET_WEIGHTS = "unet/diffusion_pytorch_model.safetensors"
+
+
+@pytest.fixture(autouse=True)
+def fresh_accelerate_state():
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models run fastest on one thread, and the CPUs are shared."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def mis(tmp_path_factory):
+    """An MIS dataset of 24 procedural sets of 6 images (32x32) in two shards, with manifest and split."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from m2m.data.procedural import ProceduralGenerator
+    from m2m.data.shards import build_manifest, write_shard
+
+    root = tmp_path_factory.mktemp("mis")
+    colours, shapes, textures = ("red", "blue", "green", "yellow"), ("star", "circle", "square"), ("striped", "dotted")
+    captions = [f"a {c} {s} on a {t} background" for c in colours for s in shapes for t in textures]
+    ids = ["c" + hashlib.sha1(c.encode()).hexdigest()[:12] for c in captions]
+    pq.write_table(pa.table({"id": ids, "caption": captions}), root / "filtered.parquet")
+    for shard in range(2):
+        write_shard(
+            root / "filtered.parquet", root / "shards", shard, ProceduralGenerator(32),
+            samples_per_shard=12, images_per_caption=6,
+        )
+    build_manifest(root / "shards", root / "manifest.json", test_percent=25)
+    return root
+
+
+@pytest.fixture(scope="module")
+def procedure_data(tmp_path_factory):
+    from m2m.data.tasks_procedure import write_procedure_fixture
+
+    root = tmp_path_factory.mktemp("procedure")
+    write_procedure_fixture(root, n_methods=3, n_steps=6, image_size=32)
+    return root
+
+
+def config(out, **overrides) -> TrainConfig:
+    settings = dict(
+        out=out, batch_size=2, n_images=3, checkpoint_every=0, log_every=1, sample_steps=1, sample_sets=2,
+        sample_context=2, sample_generate=2,
+    )
+    return TrainConfig(**{**settings, **overrides})
+
+
+def weights(folder) -> dict:
+    return load_file(folder / UNET_WEIGHTS)
+
+
+def assert_same_weights(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    different = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not different, f"{len(different)} tensors differ, e.g. {different[0]}"
+
+
+def test_writes_the_model_folder(mis, tmp_path):
+    from m2m.pipeline import M2MPipeline
+
+    out = tmp_path / "m2m-self"
+    metrics = loop.train(config(out, data=mis, steps=4))
+    written = {p.name for p in out.iterdir()}
+    assert written >= {"model_index.json", "unet", "scheduler", "train_metrics.json", "loss.csv", "samples.png"}
+    saved = json.loads((out / "train_metrics.json").read_text())
+    assert saved == json.loads(json.dumps(metrics))
+    assert saved["steps"] == 4 and saved["variant"] == "self" and saved["params"]["unet"] > 0
+    assert saved["images_per_s"] > 0 and saved["wall_time_s"] > 0
+    n_train = json.loads((mis / "manifest.json").read_text())["split"]["train"]
+    assert saved["epochs"] == pytest.approx(4 / math.ceil(n_train / 2))
+    rows = (out / "loss.csv").read_text().splitlines()
+    assert rows[0] == "step,loss" and [r.split(",")[0] for r in rows[1:]] == ["1", "2", "3", "4"]
+    losses = [float(r.split(",")[1]) for r in rows[1:]]
+    assert saved["final_loss"] == pytest.approx(losses[-1], rel=1e-5)
+    assert losses[-1] < losses[0]  # a random tiny model learns fast at the preset's lr
+    with Image.open(out / "samples.png") as grid:  # 2 rows of 2 preceding | 2 generated 32x32 images, 2x scale
+        assert grid.height > 2 * 64 and grid.width > 4 * 64
+    pipe = M2MPipeline.from_pretrained(out)
+    assert pipe.variant == "self" and pipe.image_size == 32
+    assert not (tmp_path / ".m2m-self.tmp").exists()
+
+
+def test_resumed_run_ends_with_the_weights_of_an_uninterrupted_run(mis, tmp_path):
+    shared = dict(data=mis, variant="dino", micro_batch_size=1, ema=True)  # gradient accumulation 2, EMA
+    loop.train(config(tmp_path / "straight", steps=4, **shared))
+    loop.train(config(tmp_path / "interrupted", steps=2, checkpoint_every=2, **shared))
+    assert (tmp_path / "interrupted.ckpt" / "checkpoint-000002" / "model.safetensors").is_file()
+    metrics = loop.train(config(tmp_path / "interrupted", steps=4, checkpoint_every=2, resume=True, **shared))
+    assert metrics["resumed_from"] == 2 and metrics["steps"] == 4
+    assert_same_weights(weights(tmp_path / "straight"), weights(tmp_path / "interrupted"))
+    assert (tmp_path / "straight" / "loss.csv").read_text() == (tmp_path / "interrupted" / "loss.csv").read_text()
+
+
+def test_task_fine_tuning_resumes_exactly(procedure_data, tmp_path):
+    from m2m.models.build import build_pipeline
+
+    init = tmp_path / "pretrained"
+    build_pipeline("tiny", "dino", seed=0).save_pretrained(init)
+    shared = dict(init=init, variant="dino", task="procedure", task_data=procedure_data, num_workers=1)
+    loop.train(config(tmp_path / "straight", steps=4, **shared))
+    loop.train(config(tmp_path / "interrupted", steps=2, checkpoint_every=1, **shared))
+    loop.train(config(tmp_path / "interrupted", steps=4, checkpoint_every=1, resume=True, **shared))
+    tuned = weights(tmp_path / "straight")
+    assert_same_weights(tuned, weights(tmp_path / "interrupted"))
+    assert any("condition_embedder" in k for k in tuned)
+    config_json = json.loads((tmp_path / "straight" / "unet" / "config.json").read_text())
+    assert config_json["condition"] == "procedure"
+
+
+def test_resume_refuses_other_settings(mis, tmp_path):
+    loop.train(config(tmp_path / "m", data=mis, steps=1, checkpoint_every=1))
+    with pytest.raises(ValueError, match=r"000001/trainer_state.json: made with lr=0.001, this run has 0.01"):
+        loop.train(config(tmp_path / "m", data=mis, steps=2, checkpoint_every=1, resume=True, lr=1e-2))
+
+
+def test_a_fresh_run_replaces_the_checkpoints_of_an_earlier_run(mis, tmp_path):
+    loop.train(config(tmp_path / "m", data=mis, steps=2, checkpoint_every=1))
+    loop.train(config(tmp_path / "m", data=mis, steps=1, checkpoint_every=1, seed=1))
+    folders = checkpoint.list_checkpoints(tmp_path / "m.ckpt")
+    assert [f.name for f in folders] == ["checkpoint-000001"]
+    assert checkpoint.read_trainer_state(folders[0])["settings"]["seed"] == 1
+
+
+def test_resume_without_a_checkpoint_starts_fresh(mis, tmp_path):
+    metrics = loop.train(config(tmp_path / "m", data=mis, steps=1, resume=True))
+    assert metrics["resumed_from"] is None and metrics["steps"] == 1
+
+
+def test_a_crash_leaves_the_previous_model_intact(mis, tmp_path, monkeypatch):
+    out = tmp_path / "m"
+    loop.train(config(out, data=mis, steps=1))
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("simulated crash")
+
+    monkeypatch.setattr(loop, "m2m_loss", crash)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        loop.train(config(out, data=mis, steps=2, seed=1))
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
+
+
+def test_gradient_checkpointing_gives_the_same_losses(mis, tmp_path):
+    plain = loop.train(config(tmp_path / "a", data=mis, steps=2))
+    recomputed = loop.train(config(tmp_path / "b", data=mis, steps=2, gradient_checkpointing=True))
+    assert recomputed["final_loss"] == pytest.approx(plain["final_loss"], rel=1e-4)
+
+
+def test_bf16_mixed_precision_trains(mis, tmp_path):
+    metrics = loop.train(config(tmp_path / "m", data=mis, steps=1, mixed_precision="bf16"))
+    assert math.isfinite(metrics["final_loss"])
+    assert all(t.dtype == torch.float32 for t in weights(tmp_path / "m").values())  # fp32 master weights
+
+
+def test_refuses_to_replace_a_folder_that_is_not_a_model(mis, tmp_path):
+    (tmp_path / "notes.txt").write_text("keep me")
+    with pytest.raises(ValueError, match="exists and is not an M2M model folder"):
+        loop.train(config(tmp_path, data=mis, steps=1))
+    assert (tmp_path / "notes.txt").read_text() == "keep me"
+
+
+def test_task_batches_are_resumable_and_split_across_processes():
+    class Items(torch.utils.data.Dataset):
+        def __len__(self):
+            return 5
+
+        def __getitem__(self, index):
+            return {"index": index, "draw": torch.randint(1000, (1,))}
+
+    def take(batches, n):
+        it = iter(batches)
+        return [next(it) for _ in range(n)]
+
+    straight = take(loop.TaskBatches(Items(), batch_size=2, seed=0), 6)
+    first = loop.TaskBatches(Items(), batch_size=2, seed=0)
+    head = take(first, 3)
+    resumed = loop.TaskBatches(Items(), batch_size=2, seed=0)
+    resumed.load_state_dict(first.state_dict())
+    for a, b in zip(straight, head + take(resumed, 3)):
+        assert torch.equal(a["index"], b["index"]) and torch.equal(a["draw"], b["draw"])
+    epoch = torch.cat([b["index"] for b in straight])[:5]
+    assert sorted(epoch.tolist()) == [0, 1, 2, 3, 4]  # every item once per epoch
+
+    ranks = [take(loop.TaskBatches(Items(), batch_size=2, seed=0, rank=r, world_size=2), 2) for r in (0, 1)]
+    interleaved = [ranks[0][0], ranks[1][0], ranks[0][1], ranks[1][1]]
+    assert all(torch.equal(a["index"], b["index"]) for a, b in zip(straight, interleaved))

@@ -1,0 +1,101 @@
+"""Eq. 5 and its condition dropout (m2m/training/objective.py), on the tiny preset."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from m2m.models.build import build_pipeline
+from m2m.training.objective import clean_context, m2m_loss
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models run fastest on one thread, and the CPUs are shared."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def seeded(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def image_sets(batch: int = 2, n: int = 3, seed: int = 0) -> torch.Tensor:
+    return torch.rand(batch, n, 3, 32, 32, generator=seeded(seed)) * 2 - 1
+
+
+def give_weight(unet, std: float = 0.2) -> None:
+    """Randomise the zero-initialised projections, so that context and conditions change the output."""
+    gen = seeded(1)
+    with torch.no_grad():
+        for param in unet.parameters():
+            if not param.any():
+                param.copy_(torch.randn(param.shape, generator=gen) * std)
+
+
+@pytest.fixture(scope="module", params=["self", "dino"])
+def pipe(request):
+    pipe = build_pipeline("tiny", request.param, seed=0)
+    give_weight(pipe.unet)
+    return pipe
+
+
+def test_loss_is_a_finite_scalar_with_gradients(pipe):
+    loss = m2m_loss(pipe, pipe.scheduler, image_sets(), generator=seeded())
+    assert loss.ndim == 0 and math.isfinite(loss.item()) and loss.item() > 0
+    loss.backward()
+    grads = [p.grad for p in pipe.unet.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads)
+    pipe.unet.zero_grad(set_to_none=True)
+
+
+def test_p_uncond_one_equals_an_all_zero_context(pipe):
+    images = image_sets()
+    z0, context = clean_context(pipe, images)
+    with torch.no_grad():
+        dropped = m2m_loss(pipe, pipe.scheduler, images, p_uncond=1.0, generator=seeded())
+        zeroed = m2m_loss(
+            pipe, pipe.scheduler, images, p_uncond=0.0, generator=seeded(), precomputed=(z0, torch.zeros_like(context))
+        )
+        kept = m2m_loss(pipe, pipe.scheduler, images, p_uncond=0.0, generator=seeded())
+    assert torch.equal(dropped, zeroed)
+    assert not torch.isclose(dropped, kept)  # the context matters, so the equality above means something
+
+
+@pytest.mark.parametrize("condition", ["camera", "procedure"])
+def test_dropped_task_condition_has_no_effect(condition):
+    pipe = build_pipeline("tiny", "dino", condition=condition, seed=0)
+    give_weight(pipe.unet)
+    images = image_sets()
+    if condition == "camera":
+        a, b = torch.randn(2, 3, 12, generator=seeded(2)), torch.randn(2, 3, 12, generator=seeded(3))
+    else:
+        a, b = torch.tensor([[1, 2, 3], [4, 5, 6]]), torch.tensor([[7, 8, 9], [2, 3, 4]])
+
+    def loss(conditions, p_drop):
+        with torch.no_grad():
+            return m2m_loss(
+                pipe, pipe.scheduler, images, conditions, p_uncond=0.0, p_drop_condition=p_drop, generator=seeded()
+            )
+
+    assert torch.equal(loss(a, 1.0), loss(b, 1.0))
+    assert not torch.isclose(loss(a, 0.0), loss(b, 0.0))
+
+
+def test_loss_decreases_when_overfitting_one_batch():
+    pipe = build_pipeline("tiny", "self", seed=0)
+    unet = pipe.unet.train()
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=1e-3)
+    images = image_sets()
+    losses = []
+    for _ in range(6):
+        loss = m2m_loss(pipe, pipe.scheduler, images, generator=seeded())  # the same noise and t every step
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+    assert losses[-1] < 0.7 * losses[0], losses
