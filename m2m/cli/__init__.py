@@ -45,12 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, module in COMMANDS:
-        try:
-            mod = importlib.import_module(module)
-        except ModuleNotFoundError as err:
-            if err.name != module:
-                raise
-            continue
+        mod = importlib.import_module(module)
         cmd = mod.register(sub)
         cmd.set_defaults(_run=mod.run)
     return parser

@@ -52,5 +52,8 @@ def m2m_loss(
         keep = ~drop & (torch.rand(batch, generator=generator, device=device) >= p_drop_condition)
         cond = model.embed_condition(conditions) * keep.view(-1, 1, 1).to(z0.dtype)
 
-    eps = unet(zt, t, context=context, cond_query=cond, cond_context=cond)
-    return F.mse_loss(eps.float(), noise.float())
+    pred = unet(zt, t, context=context, cond_query=cond, cond_context=cond)
+    target = noise
+    if noise_scheduler.config.prediction_type == "v_prediction":  # same objective, v-parameterised
+        target = noise_scheduler.get_velocity(z0, noise, t)
+    return F.mse_loss(pred.float(), target.float())

@@ -1,0 +1,41 @@
+"""Asset jobs in chain order: the inputs of the shards, the shards (one run per partition), the rest.
+
+A run cannot mix the shard partitions with unpartitioned assets, so the chain is three jobs; a
+backfill of ``generate_mis_shards`` over all partitions generates the shards in parallel runs (as
+many at once as the ``gpu`` pool allows).
+"""
+
+import dagster as dg
+
+from orchestration.project import project_root
+from orchestration.stages import load_pipeline
+
+PREPARE_JOB = "prepare_captions"
+SHARDS_JOB = "generate_mis_shards"
+TRAIN_JOB = "train_and_evaluate"
+
+
+@dg.definitions
+def jobs() -> dg.Definitions:
+    groups = load_pipeline(project_root())
+    partitioned = dg.AssetSelection.assets(*[name for name, group in groups.items() if group.partitioned])
+    upstream = partitioned.upstream()
+    return dg.Definitions(
+        jobs=[
+            dg.define_asset_job(
+                PREPARE_JOB,
+                selection=upstream - partitioned,
+                description="The raw and filtered captions the shards are drawn from.",
+            ),
+            dg.define_asset_job(
+                SHARDS_JOB,
+                selection=partitioned,
+                description="One MIS shard per partition; backfill all partitions to generate them in parallel.",
+            ),
+            dg.define_asset_job(
+                TRAIN_JOB,
+                selection=dg.AssetSelection.all() - upstream,
+                description="Manifest, task data, pre-training, fine-tuning and evaluation, with their checks.",
+            ),
+        ]
+    )

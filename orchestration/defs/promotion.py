@@ -1,0 +1,64 @@
+"""The registry jobs: promote each model's challenger to champion when it is better; roll back."""
+
+import dagster as dg
+from pydantic import Field
+
+from m2m import registry
+from orchestration.defs.resources import DvcResource, MlflowResource
+
+
+class PromotionConfig(dg.Config):
+    models: list[str] = Field(default=list(registry.DEFAULT_RULES), description="registered models to consider")
+    metrics: list[str] = Field(
+        default=[], description="rules NAME:min|max for every model; empty: each model's default rules"
+    )
+
+
+class RollbackConfig(dg.Config):
+    model: str = Field(description="registered model, e.g. m2m-self")
+    to_version: int = Field(default=0, description="version to make champion; 0: the previous champion")
+
+
+def decisions_table(decisions: list[registry.Decision]) -> dg.MetadataValue:
+    rows = ["| model | outcome | champion | reason |", "|---|---|---|---|"]
+    for d in decisions:
+        outcome = "refused" if d.refused else "changed" if d.changed else "unchanged"
+        rows.append(f"| {d.model} | {outcome} | v{d.champion or '-'} | {d.reason} |")
+    return dg.MetadataValue.md("\n".join(rows))
+
+
+@dg.op(description="Move `champion` to each model's `challenger` when it beats the champion's metrics.")
+def promote_models(
+    context: dg.OpExecutionContext, config: PromotionConfig, dvc: DvcResource, mlflow: MlflowResource
+) -> dg.Output[list[str]]:
+    mlflow.configure(str(dvc.cli().root))
+    try:
+        rules = [registry.Rule.parse(text) for text in config.metrics] or None
+    except ValueError as err:
+        raise dg.Failure(description=f"promote_champion config metrics: {err}", allow_retries=False) from None
+    decisions = [registry.promote(model, rules) for model in config.models]
+    for decision in decisions:
+        context.log.info(str(decision))
+    return dg.Output([str(d) for d in decisions], metadata={"decisions": decisions_table(decisions)})
+
+
+@dg.op(description="Point `champion` back at an earlier version (by default the previous champion).")
+def rollback_model(
+    context: dg.OpExecutionContext, config: RollbackConfig, dvc: DvcResource, mlflow: MlflowResource
+) -> dg.Output[str]:
+    mlflow.configure(str(dvc.cli().root))
+    decision = registry.rollback(config.model, config.to_version or None)
+    context.log.info(str(decision))
+    if decision.refused:
+        raise dg.Failure(description=str(decision), allow_retries=False)
+    return dg.Output(str(decision), metadata={"decision": decisions_table([decision])})
+
+
+@dg.job(description="Gated promotion: `champion` moves only to a challenger that beats it; says why otherwise.")
+def promote_champion():
+    promote_models()
+
+
+@dg.job(description="Roll `champion` back to an earlier model version.")
+def rollback_champion():
+    rollback_model()

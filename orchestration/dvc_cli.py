@@ -1,0 +1,98 @@
+"""The ``dvc`` command line, as the orchestration uses it: status, commit, and the hashes in dvc.lock.
+
+DVC lives in its own environment (``.venv-dvc``): its hydra-core pins an antlr4 runtime that
+breaks Dagster's asset-selection parser, so the two never share an interpreter. Every DVC call
+takes one project-wide file lock, so shard partitions that finish together commit one after the
+other and never contend for DVC's own repository lock. The commands themselves run outside it.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import yaml
+
+from orchestration.project import REPO
+
+
+class DvcError(RuntimeError):
+    """A ``dvc`` call failed; the message is DVC's own last line of explanation."""
+
+
+def find_executable(root: Path) -> str:
+    """``$M2M_DVC``, else the project's ``.venv-dvc``, else this checkout's, else ``dvc`` on PATH."""
+    if os.environ.get("M2M_DVC"):
+        return os.environ["M2M_DVC"]
+    for base in (root, REPO):
+        candidate = base / ".venv-dvc" / "bin" / "dvc"
+        if candidate.is_file():
+            return str(candidate)
+    found = shutil.which("dvc")
+    if not found:
+        raise DvcError("dvc not found: run scripts/setup.sh (creates .venv-dvc) or set M2M_DVC to a dvc executable")
+    return found
+
+
+class Dvc:
+    """The DVC project at ``root``."""
+
+    def __init__(self, root: str | Path, executable: str | None = None):
+        self.root = Path(root).resolve()
+        self.executable = executable or find_executable(self.root)
+
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "DVC_NO_ANALYTICS": "1"}
+
+    def run(self, *args: str) -> str:
+        """Run ``dvc ARGS`` in the project; returns stdout, raises :class:`DvcError` on failure."""
+        proc = subprocess.run(
+            [self.executable, *args], cwd=self.root, env=self.env(), capture_output=True, text=True, check=False
+        )
+        if proc.returncode != 0:
+            lines = [line.strip() for line in (proc.stderr + proc.stdout).splitlines() if line.strip()]
+            errors = [line for line in lines if line.startswith("ERROR")] or lines or [f"exit status {proc.returncode}"]
+            raise DvcError(f"dvc {' '.join(args)}: {errors[-1]}")
+        return proc.stdout
+
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold the project-wide lock that serialises DVC calls across processes."""
+        path = self.root / ".dvc" / "tmp" / "orchestration.lock"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def status(self, stage: str) -> dict:
+        """What DVC sees changed in ``stage`` (deps, outs, params, command); empty when up to date."""
+        with self.locked():
+            out = self.run("status", stage, "--json")
+        return json.loads(out or "{}")
+
+    def commit(self, stage: str) -> None:
+        """Record ``stage``'s current deps, params and outs in dvc.lock and its outs in the cache."""
+        with self.locked():
+            self.run("commit", "--force", stage)
+
+    def lock_entry(self, stage: str) -> dict:
+        """``stage``'s entry in dvc.lock (``{}`` before its first commit)."""
+        path = self.root / "dvc.lock"
+        if not path.is_file():
+            return {}
+        with self.locked():
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        return (data.get("stages") or {}).get(stage) or {}
+
+    def hashes(self, stage: str, kind: str) -> dict[str, str]:
+        """``{path: md5}`` of ``stage``'s ``deps`` or ``outs`` as dvc.lock records them."""
+        return {entry["path"]: entry.get("md5", "") for entry in self.lock_entry(stage).get(kind, [])}

@@ -1,0 +1,105 @@
+"""Materializing a stage asset: run the stage's command as dvc.yaml has it, ``dvc commit`` it, report.
+
+The command runs only when ``dvc status`` says the stage changed; either way dvc.lock ends up
+describing the files on disk, so ``dvc status`` is clean and ``dvc repro`` has nothing to do. The
+asset's data version is the DVC hash of what the stage wrote. Any failure is one line in the run
+log; inputs are never touched, and a failed command's outputs are not committed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import dagster as dg
+
+from orchestration import mlflow_runs, reports
+from orchestration.command import CommandFailed, run_command
+from orchestration.dvc_cli import DvcError
+from orchestration.stages import PipelineError, Stage, StageGroup, load_pipeline, producers
+
+
+def data_version(hashes: dict[str, str]) -> str:
+    """The DVC hash of a single output, or a hash of all of them."""
+    if len(hashes) == 1:
+        return next(iter(hashes.values()))
+    joined = "\n".join(f"{path} {md5}" for path, md5 in sorted(hashes.items()))
+    return hashlib.md5(joined.encode()).hexdigest()
+
+
+def missing_inputs(stage: Stage, groups: dict[str, StageGroup], root) -> list[str]:
+    """One line per input that does not exist yet, naming the asset (and partition) that makes it."""
+    problems = []
+    for dep in stage.deps:
+        makers = [s for s in producers(groups, dep) if s.name != stage.name]
+        absent = [(s, out) for s in makers for out in s.outs if not (root / out).exists()]
+        if absent:
+            for maker, out in absent:
+                where = f"{maker.asset} (partition {maker.item})" if maker.item else maker.asset
+                problems.append(f"input {out} does not exist yet: materialize {where} first")
+        elif not (root / dep).exists():
+            problems.append(f"input {dep} does not exist (dvc.yaml deps of {stage.name})")
+    return problems
+
+
+def describe_changes(status: dict) -> str:
+    """``dvc status`` of one stage as a short phrase: what changed."""
+    changes = []
+    for entry in next(iter(status.values()), []):
+        if isinstance(entry, dict):
+            for kind, detail in entry.items():
+                changes.append(f"{kind}: {', '.join(detail) if isinstance(detail, dict) else detail}")
+        else:
+            changes.append(str(entry))
+    return "; ".join(changes) or "not in dvc.lock yet"
+
+
+def materialize_stage(context: dg.AssetExecutionContext, asset: str, dvc, compute, mlflow) -> dg.MaterializeResult:
+    """Bring ``asset``'s stage (or its partition's stage) up to date and describe it."""
+    cli = dvc.cli()
+    root = cli.root
+    try:
+        groups = load_pipeline(root)
+        group = groups[asset]
+        stage = group.stage(context.partition_key if group.partitioned else None)
+    except (PipelineError, KeyError) as err:
+        raise dg.Failure(description=f"{asset}: {err}", allow_retries=False) from None
+    problems = missing_inputs(stage, groups, root)
+    if problems:
+        raise dg.Failure(description=f"{stage.name}: {problems[0]}", allow_retries=False)
+    try:
+        status = cli.status(stage.name)
+        if status:
+            context.log.info(f"{stage.name} changed ({describe_changes(status)}): running it")
+            env = compute.env()
+            for cmd in stage.cmds:
+                run_command(compute.launch(cmd), root, env, context.log)
+            cli.commit(stage.name)
+        else:
+            context.log.info(f"{stage.name} is up to date in dvc.lock: nothing to run")
+        outs = cli.hashes(stage.name, "outs")
+    except (CommandFailed, DvcError, ValueError) as err:
+        raise dg.Failure(description=f"{stage.name}: {err}", allow_retries=False) from None
+    metadata = {
+        "dvc stage": dg.MetadataValue.text(stage.name),
+        "dvc md5": dg.MetadataValue.text(data_version(outs)),
+        "outputs": dg.MetadataValue.md("\n".join(f"- `{path}` md5 `{md5}`" for path, md5 in outs.items())),
+        "command": dg.MetadataValue.md("\n\n".join(f"`{cmd}`" for cmd in stage.cmds)),
+        "ran": dg.MetadataValue.bool(bool(status)),
+    }
+    try:
+        metadata.update(reports.describe(stage, root))
+    except (KeyError, StopIteration, TypeError, ValueError, OSError) as err:
+        why = f"{type(err).__name__}: {err}"
+        context.log.warning(f"{stage.name}: its outputs could not be described for the UI ({why})")
+    if {"train", "evaluate"} & set(stage.subcommands):
+        log = mlflow_runs.log_training if "train" in stage.subcommands else mlflow_runs.log_evaluation
+        try:
+            mlflow.configure(str(root))
+            metadata.update(log(stage, groups, cli, mlflow, context.run.run_id))
+        except Exception as err:  # the store is another system: say which and why, in one line
+            first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            raise dg.Failure(
+                description=f"{stage.name}: MLflow logging failed ({type(err).__name__}: {first_line}); "
+                "the stage's outputs are committed, materialize again to retry the logging"
+            ) from err
+    return dg.MaterializeResult(metadata=metadata, data_version=dg.DataVersion(data_version(outs)))

@@ -1,0 +1,140 @@
+"""MLflow runs of the stages that train and evaluate, and their models in the registry.
+
+A run is keyed by the DVC hash of what the stage wrote: a stage that is materialized again without
+changes finds its run and model version instead of logging new ones, so re-running the pipeline
+changes nothing in MLflow either.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import dagster as dg
+
+from orchestration.dvc_cli import Dvc
+from orchestration.stages import Stage, StageGroup, producers
+
+TRAINING_EXPERIMENT = "m2m-training"
+EVALUATION_EXPERIMENT = "m2m-evaluation"
+
+
+def flat_params(values: dict) -> dict[str, str]:
+    """A stage's tracked params (``pretrain`` or ``pretrain.steps``) as flat ``{"pretrain.steps": "200"}``."""
+    out = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            out.update(flat_params({f"{key}.{k}": v for k, v in value.items()}))
+        else:
+            out[key] = str(value)
+    return out
+
+
+def data_inputs(stage: Stage, groups: dict[str, StageGroup], dvc: Dvc) -> dict[str, str]:
+    """``{path: md5}`` of the stage's deps that other stages produce (its data, not its code)."""
+    deps = dvc.hashes(stage.name, "deps")
+    return {path: md5 for path, md5 in deps.items() if producers(groups, path)}
+
+
+def run_tags(stage: Stage, root: Path, md5: str, dagster_run_id: str) -> dict[str, str]:
+    from m2m import tracking
+
+    tags = {"dvc.stage": stage.name, "dvc.md5": md5, "dagster.asset": stage.asset, "dagster.run_id": dagster_run_id}
+    commit = tracking.git_commit(root)
+    if commit:
+        tags["mlflow.source.git.commit"] = commit
+    return tags
+
+
+def find_run(experiment_id: str, md5: str):
+    """The newest run of the experiment that logged the output with DVC hash ``md5``, or None."""
+    import mlflow
+
+    runs = mlflow.search_runs(
+        [experiment_id], filter_string=f"tags.`dvc.md5` = '{md5}'", max_results=1, output_format="list"
+    )
+    return runs[0] if runs else None
+
+
+def numbers(path: Path) -> dict[str, float]:
+    from m2m import tracking
+
+    return tracking.flatten_numbers(json.loads(path.read_text(encoding="utf-8"))) if path.is_file() else {}
+
+
+def log_training(stage: Stage, groups: dict[str, StageGroup], dvc: Dvc, ui, dagster_run_id: str) -> dict:
+    """Log each model folder the stage wrote (params, git commit, DVC inputs, loss curve, samples,
+    the pyfunc model) and register it under the folder's name with the alias ``challenger``."""
+    import mlflow
+
+    from m2m import registry, tracking
+
+    root, outs, meta = dvc.root, dvc.hashes(stage.name, "outs"), {}
+    experiment = tracking.experiment_id(TRAINING_EXPERIMENT)
+    for out in stage.outs:
+        folder, name, md5 = root / out, Path(out).name, outs[out]
+        version = registry.find_version(name, registry.DVC_TAG, md5)
+        if version is None:
+            train_metrics = numbers(folder / "train_metrics.json")
+            with mlflow.start_run(
+                experiment_id=experiment, run_name=stage.asset, tags=run_tags(stage, root, md5, dagster_run_id)
+            ) as run:
+                mlflow.log_params({**flat_params(stage.params), "command": " && ".join(stage.cmds)})
+                tracking.log_dvc_inputs(data_inputs(stage, groups, dvc), root, context="training")
+                if (folder / "loss.csv").is_file():
+                    tracking.log_loss_curve(folder / "loss.csv")
+                    mlflow.log_artifact(str(folder / "loss.csv"))
+                mlflow.log_metrics({f"final.{key}": value for key, value in train_metrics.items()})
+                for artifact in ("samples.png", "train_metrics.json"):
+                    if (folder / artifact).is_file():
+                        mlflow.log_artifact(str(folder / artifact))
+                info = tracking.log_model_folder(folder)
+            tags = {registry.DVC_TAG: md5, "run_id": run.info.run_id, "dagster.asset": stage.asset}
+            version = registry.register(info.model_uri, name, tags)
+            registry.set_metrics(name, version.version, {k: v for k, v in train_metrics.items() if "loss" in k})
+        run_id = version.tags.get("run_id") or version.run_id
+        meta["mlflow run"] = dg.MetadataValue.url(ui.run_url(experiment, run_id))
+        meta["registered model"] = dg.MetadataValue.text(f"{name} v{version.version}")
+        meta["registered model url"] = dg.MetadataValue.url(ui.model_url(name, version.version))
+        meta["aliases"] = dg.MetadataValue.text(", ".join(registry.aliases_of(name, version.version)) or "-")
+    return meta
+
+
+def log_evaluation(stage: Stage, groups: dict[str, StageGroup], dvc: Dvc, ui, dagster_run_id: str) -> dict:
+    """Log each evaluation folder (Table 1 means and stds, per-position curves, grids) and put its
+    metrics on the evaluated model version as ``metric.<name>`` tags, which promotion compares."""
+    import mlflow
+
+    from m2m import registry, tracking
+
+    root, outs, deps, meta = dvc.root, dvc.hashes(stage.name, "outs"), dvc.hashes(stage.name, "deps"), {}
+    experiment = tracking.experiment_id(EVALUATION_EXPERIMENT)
+    for out in stage.outs:
+        folder, name, md5 = root / out, Path(out).name, outs[out]
+        report = json.loads((folder / "metrics.json").read_text(encoding="utf-8"))
+        means = {key: value["mean"] for key, value in report["summary"].items()}
+        model_path = next((path for path in deps if Path(path).name == name), None)
+        run = find_run(experiment, md5)
+        if run is None:
+            models = {dep for dep in deps if any("train" in s.subcommands for s in producers(groups, dep))}
+            inputs = {p: d for p, d in data_inputs(stage, groups, dvc).items() if p == model_path or p not in models}
+            tags = run_tags(stage, root, md5, dagster_run_id)
+            with mlflow.start_run(experiment_id=experiment, run_name=f"{stage.asset} {name}", tags=tags) as run:
+                mlflow.log_params({**flat_params(stage.params), "model": model_path or name})
+                tracking.log_dvc_inputs(inputs, root, context="evaluation")
+                mlflow.log_metrics(means)
+                mlflow.log_metrics({f"{key}_std": value["std"] for key, value in report["summary"].items()})
+                for row in report["per_position"]:
+                    position = int(row["position"])
+                    mlflow.log_metrics(
+                        {f"{key}_at_n": value for key, value in row.items() if key != "position"}, step=position
+                    )
+                mlflow.log_artifacts(str(folder))
+        meta[f"mlflow run ({name})"] = dg.MetadataValue.url(ui.run_url(experiment, run.info.run_id))
+        if model_path and model_path in deps:
+            version = registry.find_version(name, registry.DVC_TAG, deps[model_path])
+            if version is not None:
+                registry.set_metrics(name, version.version, means)
+                registry.tag_version(name, version.version, "eval_run_id", run.info.run_id)
+                meta[f"evaluated version ({name})"] = dg.MetadataValue.text(f"{name} v{version.version}")
+    return meta

@@ -1,0 +1,93 @@
+"""Bad input reaches the Dagster run log as one clear line, and nothing already produced changes."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
+
+import pytest
+
+from tests.orchestration.projects import (
+    failure_messages,
+    materialization_failures,
+    materialize,
+    materialize_here,
+    project_env,
+    set_param,
+)
+
+
+def snapshot(root) -> dict[str, str]:
+    """md5 of every file under assets/ and of dvc.lock."""
+    files = [p for p in (root / "assets").rglob("*") if p.is_file()] + [root / "dvc.lock"]
+    return {str(p.relative_to(root)): hashlib.md5(p.read_bytes()).hexdigest() for p in files if p.exists()}
+
+
+@pytest.fixture()
+def copy_of_chain(chain, tmp_path):
+    """The materialized chain project, copied so a test may break it."""
+    assert chain.exit_code == 0, chain.output
+    return shutil.copytree(chain.root, tmp_path / "project", symlinks=True)
+
+
+def test_an_asset_before_its_upstream_names_what_to_materialize_first(project):
+    result = materialize(project, "mis_dataset")
+    assert not result.success
+    assert failure_messages(result) == [
+        "mis_dataset: input assets/mis/shards/mis-000000.tar does not exist yet: "
+        "materialize mis_shards (partition 000000) first"
+    ]
+    assert not (project / "assets").exists() and not (project / "dvc.lock").exists()
+
+
+@pytest.mark.slow
+def test_shard_partitions_materialized_at_the_same_time_both_commit(project, monkeypatch):
+    for key, value in project_env(project).items():
+        monkeypatch.setenv(key, value)
+    assert materialize_here(project, "filtered_captions").success
+    items = ["000000", "000001"]
+    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
+        failures = list(pool.map(materialization_failures, [project] * 2, ["mis_shards"] * 2, items))
+    assert failures == [[], []]
+    from orchestration.dvc_cli import Dvc
+
+    dvc = Dvc(project)
+    assert dvc.status("mis_shards@000000") == {} and dvc.status("mis_shards@000001") == {}
+    assert set(dvc.hashes("mis_shards@000001", "outs")) == {
+        "assets/mis/shards/mis-000001.tar", "assets/mis/shards/mis-000001.json"
+    }
+
+
+def test_a_missing_captions_file_is_named(project):
+    set_param(project, "captions.input", "data/cc12m.tsv")
+    raw = materialize(project, "raw_captions")
+    missing = project / "data/cc12m.tsv"
+    assert failure_messages(raw) == [f"raw_captions: {missing} (params.yaml captions.input) not found"]
+    filtered = materialize(project, "filtered_captions")
+    assert failure_messages(filtered) == [
+        "filtered_captions: input data/cc12m.tsv does not exist (dvc.yaml deps of filtered_captions)"
+    ]
+
+
+@pytest.mark.slow
+def test_a_broken_param_value_fails_with_the_commands_error_and_changes_nothing(copy_of_chain):
+    before = snapshot(copy_of_chain)
+    set_param(copy_of_chain, "pretrain.steps", -3)
+    result = materialize(copy_of_chain, "m2m_self_pretrained")
+    assert not result.success
+    (message,) = failure_messages(result)
+    assert message.startswith("m2m_self_pretrained: m2m train: error: ") and "steps" in message
+    assert "\n" not in message
+    assert snapshot(copy_of_chain) == before
+
+
+@pytest.mark.slow
+def test_sd21_without_weights_says_what_to_download_and_where(copy_of_chain):
+    before = snapshot(copy_of_chain)
+    set_param(copy_of_chain, "preset", "sd21")
+    result = materialize(copy_of_chain, "m2m_self_pretrained")
+    (message,) = failure_messages(result)
+    assert "weights/stable-diffusion-2-1-base" in message and "download" in message
+    assert snapshot(copy_of_chain) == before

@@ -1,0 +1,194 @@
+"""The main command end to end on a tiny copy of the project: every asset, partition and check
+through Dagster; DVC left clean; MLflow runs and registered models; a second run changes nothing;
+the data comes back from the DVC remote in a fresh clone."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import subprocess
+
+import dagster as dg
+import pytest
+import yaml
+
+from orchestration.dvc_cli import Dvc
+from orchestration.stages import load_pipeline
+from tests.orchestration.projects import git, run_main_command
+
+pytestmark = pytest.mark.slow
+
+MODELS = {"m2m-self", "m2m-dino", "m2m-dino-nvs", "m2m-dino-procedure"}
+
+
+def lock(root) -> dict:
+    return yaml.safe_load((root / "dvc.lock").read_text())["stages"]
+
+
+def instance(root) -> dg.DagsterInstance:
+    return dg.DagsterInstance.from_config(str(root / ".dagster"))
+
+
+def latest(inst: dg.DagsterInstance, asset: str, partition: str | None = None):
+    records = inst.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=[partition] if partition else None),
+        limit=1,
+    ).records
+    return records[0].asset_materialization if records else None
+
+
+def test_main_command_materializes_every_asset_with_its_dvc_hash(chain):
+    assert chain.exit_code == 0, chain.output
+    groups = load_pipeline(chain.root)
+    locked, inst = lock(chain.root), instance(chain.root)
+    assert latest(inst, "raw_captions") is not None
+    for name, group in groups.items():
+        for stage in group.stages:
+            materialization = latest(inst, name, stage.item)
+            assert materialization is not None, stage.name
+            outs = {out["path"]: out["md5"] for out in locked[stage.name]["outs"]}
+            version = materialization.tags["dagster/data_version"]
+            if len(outs) == 1:
+                assert version == next(iter(outs.values()))
+            assert materialization.metadata["dvc md5"].value == version
+
+
+def first_materialization(inst: dg.DagsterInstance, asset: str):
+    records = inst.fetch_materializations(dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset)), limit=1, ascending=True)
+    return records.records[0].asset_materialization
+
+
+def test_assets_show_counts_grids_losses_metrics_and_links(chain):
+    inst = instance(chain.root)
+    captions = first_materialization(inst, "filtered_captions").metadata
+    assert captions["captions kept"].value > 0 and "| too_long |" in captions["dropped by reason"].value
+    shards = first_materialization(inst, "mis_shards").metadata
+    assert shards["image sets"].value == 8 and "data:image/png;base64," in shards["first image set"].value
+    dataset = first_materialization(inst, "mis_dataset").metadata
+    assert dataset["train sets"].value + dataset["test sets"].value == dataset["image sets"].value == 16
+    model = first_materialization(inst, "m2m_self_pretrained").metadata
+    assert "| step | loss |" in model["last losses"].value and "data:image/png" in model["samples"].value
+    assert model["registered model"].value == "m2m-self v1"
+    assert model["mlflow run"].value.startswith("http://127.0.0.1:5000/#/experiments/")
+    evaluation = first_materialization(inst, "evaluation").metadata
+    assert "M2M-Self (m2m-self)" in evaluation["Table 1"].value and "M2M-DINO (m2m-dino)" in evaluation["Table 1"].value
+    assert evaluation["evaluated version (m2m-dino)"].value == "m2m-dino v1"
+
+
+def test_shards_are_one_partition_each(chain):
+    items = load_pipeline(chain.root)["mis_shards"].items
+    assert instance(chain.root).get_materialized_partitions(dg.AssetKey("mis_shards")) == set(items)
+    for item in items:
+        assert (chain.root / f"assets/mis/shards/mis-{item}.tar").is_file()
+
+
+def test_every_asset_check_passed(chain):
+    inst = instance(chain.root)
+    checks = {
+        ("mis_dataset", "shards_match_manifest"),
+        ("m2m_self_pretrained", "loss_is_finite"),
+        ("m2m_dino_pretrained", "loss_is_finite"),
+        ("m2m_nvs_finetuned", "loss_is_finite"),
+        ("m2m_procedure_finetuned", "loss_is_finite"),
+        ("evaluation", "metrics_in_range"),
+    }
+    for asset, name in checks:
+        key = dg.AssetCheckKey(dg.AssetKey(asset), name)
+        record = inst.event_log_storage.get_asset_check_execution_history(key, limit=1)[0]
+        assert record.status.value == "SUCCEEDED", (asset, name, record.status)
+
+
+def test_dvc_is_clean_and_repro_has_nothing_to_do(chain):
+    dvc = Dvc(chain.root)
+    assert dvc.run("status", "--json").strip() == "{}"
+    before = (chain.root / "dvc.lock").read_bytes()
+    assert "up to date" in dvc.run("repro")
+    assert (chain.root / "dvc.lock").read_bytes() == before
+
+
+def test_dvc_lock_records_exactly_the_commands_that_ran(chain):
+    locked = lock(chain.root)
+    for group in load_pipeline(chain.root).values():
+        for stage in group.stages:
+            cmd = locked[stage.name]["cmd"]
+            assert (cmd if isinstance(cmd, list) else [cmd]) == list(stage.cmds)
+
+
+def test_mlflow_runs_record_commit_inputs_and_register_every_model(chain):
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from m2m import registry, tracking
+
+    tracking.configure(chain.root)
+    client = MlflowClient()
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=chain.root, capture_output=True, text=True).stdout.strip()
+    assert {m.name for m in client.search_registered_models()} == MODELS
+    locked = lock(chain.root)
+    for model in MODELS:
+        champion = registry.alias_version(model, registry.CHAMPION)
+        assert champion is not None and str(champion.version) == "1"
+        assert set(champion.aliases) == {"challenger", "champion"}
+        run = client.get_run(champion.tags["run_id"])
+        assert run.data.tags["mlflow.source.git.commit"] == head
+        stage = run.data.tags["dvc.stage"]
+        assert champion.tags["dvc.md5"] == locked[stage]["outs"][0]["md5"]
+        inputs = {i.dataset.name: i.dataset.digest for i in run.inputs.dataset_inputs}
+        deps = {d["path"]: d["md5"] for d in locked[stage]["deps"]}
+        assert inputs and all(deps[path] == digest for path, digest in inputs.items())
+        assert client.get_metric_history(run.info.run_id, "loss")
+        assert "samples.png" in {a.path for a in client.list_artifacts(run.info.run_id)}
+    for model in ("m2m-self", "m2m-dino"):
+        tags = registry.alias_version(model, registry.CHAMPION).tags
+        assert {"metric.fid", "metric.clip_image_image", "eval_run_id"} <= set(tags)
+        assert mlflow.get_run(tags["eval_run_id"]).data.metrics["fid"] >= 0
+
+
+def test_the_summary_says_where_to_look(chain):
+    assert "m2m-self v1: challenger, champion" in chain.output
+    assert "http://127.0.0.1:3000" in chain.output and "http://127.0.0.1:5000" in chain.output
+    assert "assets/eval/m2m-self/metrics.md" in chain.output
+
+
+def test_a_second_run_is_quick_and_changes_nothing(chain):
+    from mlflow.tracking import MlflowClient
+
+    from m2m import tracking
+
+    tracking.configure(chain.root)
+    client = MlflowClient()
+    lock_before = (chain.root / "dvc.lock").read_bytes()
+    versions = {m: len(client.search_model_versions(f"name = '{m}'")) for m in MODELS}
+    runs = len(client.search_runs([e.experiment_id for e in client.search_experiments()]))
+    again = run_main_command(chain.root)
+    assert again.exit_code == 0, again.output
+    assert "(ran)" not in again.output and "materialized evaluation (up to date)" in again.output
+    assert (chain.root / "dvc.lock").read_bytes() == lock_before
+    tracking.configure(chain.root)
+    assert {m: len(client.search_model_versions(f"name = '{m}'")) for m in MODELS} == versions
+    assert len(client.search_runs([e.experiment_id for e in client.search_experiments()])) == runs
+    assert again.seconds < chain.seconds
+
+
+def md5_tree(root, paths) -> dict[str, str]:
+    out = {}
+    for path in paths:
+        target = root / path
+        files = sorted(p for p in target.rglob("*") if p.is_file()) if target.is_dir() else [target]
+        for file in files:
+            out[str(file.relative_to(root))] = hashlib.md5(file.read_bytes()).hexdigest()
+    return out
+
+
+def test_dvc_push_then_pull_restores_the_data_in_a_fresh_clone(chain, tmp_path):
+    outs = [out["path"] for entry in lock(chain.root).values() for out in entry.get("outs", [])]
+    Dvc(chain.root).run("push")
+    clone = tmp_path / "clone"
+    git(tmp_path, "clone", "-q", str(chain.root), str(clone))
+    shutil.copy(chain.root / "dvc.lock", clone / "dvc.lock")
+    dvc = Dvc(clone)
+    dvc.run("remote", "modify", "--local", "local", "url", str(chain.root / ".dvc-remote"))
+    assert not (clone / "assets").exists()
+    dvc.run("pull")
+    assert md5_tree(clone, outs) == md5_tree(chain.root, outs)
+    assert dvc.run("status", "--json").strip() == "{}"
