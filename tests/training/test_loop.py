@@ -100,7 +100,7 @@ def test_writes_the_model_folder(mis, tmp_path):
     assert rows[0] == "step,loss" and [r.split(",")[0] for r in rows[1:]] == ["1", "2", "3", "4"]
     losses = [float(r.split(",")[1]) for r in rows[1:]]
     assert saved["final_loss"] == pytest.approx(losses[-1], rel=1e-5)
-    assert losses[-1] < losses[0]  # a random tiny model learns fast at the preset's lr
+    assert all(math.isfinite(x) and x > 0 for x in losses)  # learning itself: tests/training/test_objective.py
     with Image.open(out / "samples.png") as grid:  # 2 rows of 2 preceding | 2 generated 32x32 images, 2x scale
         assert grid.height > 2 * 64 and grid.width > 4 * 64
     pipe = M2MPipeline.from_pretrained(out)
