@@ -10,7 +10,6 @@ import sys
 
 import pytest
 import torch
-from accelerate.state import AcceleratorState
 
 from m2m.cli import main
 from m2m.pipeline import M2MPipeline
@@ -18,19 +17,7 @@ from m2m.pipeline import M2MPipeline
 TINY_RUN = ["--steps", "2", "--batch-size", "2", "--n-images", "3", "--sample-steps", "1"]
 
 
-@pytest.fixture(autouse=True)
-def fresh_accelerate_state():
-    yield
-    AcceleratorState._reset_state(reset_partial_state=True)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread, and the CPUs are shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread", "fresh_accelerate_state")
 
 
 @pytest.fixture(scope="module")
