@@ -106,7 +106,7 @@ class ImageSetAttnProcessor(nn.Module):
     def reset_cache(self) -> None:
         self.cache_k = self.cache_v = self._window_kv = None
 
-    def _add_condition(self, hidden: torch.Tensor, cond: torch.Tensor | None, n: int) -> torch.Tensor:
+    def _add_condition(self, hidden: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
         """Self: ``z = z + E(c_C)`` on the hidden states before Image-Set Attention (section 6.2)."""
         if self.cond_proj is None or cond is None:
             return hidden
@@ -145,13 +145,13 @@ class ImageSetAttnProcessor(nn.Module):
         s = self.state
         batch = s.batch
         if s.mode == "encode":
-            self.store(attn, self._add_condition(hidden_states, s.cond_context, s.n_context), batch)
+            self.store(attn, self._add_condition(hidden_states, s.cond_context), batch)
             return torch.zeros_like(hidden_states)
 
         if s.mode == "joint":
             n_clean = batch * s.n_context
             clean, noisy = hidden_states[:n_clean], hidden_states[n_clean:]
-            ctx = self._add_condition(clean, s.cond_context, s.n_context)
+            ctx = self._add_condition(clean, s.cond_context)
             k, v = self._with_null(*self._project_context(attn, ctx, batch))
             tokens = clean.shape[1]
         elif s.mode == "context":
@@ -171,7 +171,7 @@ class ImageSetAttnProcessor(nn.Module):
         else:
             raise ValueError(f"unknown Image-Set Attention mode {s.mode!r}")
 
-        noisy = self._add_condition(noisy, s.cond_query, len(s.visible))
+        noisy = self._add_condition(noisy, s.cond_query)
         q = attn.to_q(noisy).unflatten(0, (batch, -1))  # (B, Nq, L, D)
         out = image_set_attention(q, k, v, s.visible, attn.heads, tokens).flatten(0, 1)
         out = attn.to_out[1](attn.to_out[0](out))
