@@ -60,9 +60,12 @@ class M2MPipeline(DiffusionPipeline):
     model_cpu_offload_seq = "image_encoder->unet->vae"
     _optional_components = ["vae", "image_encoder"]
 
-    def __init__(self, unet, scheduler, vae=None, image_encoder=None):
+    def __init__(self, unet, scheduler, vae=None, image_encoder=None, guidance_scale: float = 7.5):
         super().__init__()
         self.register_modules(unet=unet, scheduler=scheduler, vae=vae, image_encoder=image_encoder)
+        # The model's own default s of eq. 6 (saved in model_index.json): 7.5 at SD scale as in the paper;
+        # the tiny preset's is lower (docs/model.md).
+        self.register_to_config(guidance_scale=float(guidance_scale))
 
     @property
     def variant(self) -> str:
@@ -107,7 +110,7 @@ class M2MPipeline(DiffusionPipeline):
         num_images: int = 1,
         window: int = 4,
         num_inference_steps: int = 50,
-        guidance_scale: float = 7.5,
+        guidance_scale: float | None = None,
         conditions: torch.Tensor | None = None,
         image_guidance_scale: float | None = None,
         condition_guidance_scale: float | None = None,
@@ -122,13 +125,15 @@ class M2MPipeline(DiffusionPipeline):
 
         Args:
             window: context window W, the most preceding images the model sees.
-            guidance_scale: s of eq. 6 (paper default 7.5); 1 disables guidance.
+            guidance_scale: s of eq. 6; None: the model's default (``config.guidance_scale``: 7.5 as in
+                the paper for ``sd21``); 1 disables guidance.
             conditions: task conditions for all K + M positions (``(B, K+M, 12)`` cameras or
                 ``(B, K+M)`` step indices) of a fine-tuned model; switches to eq. 7.
             image_guidance_scale, condition_guidance_scale: s_I and s_C of eq. 7 (default: s and 1).
             use_cache: reuse the context keys/values (the result is the same, only faster).
         """
         device = self._execution_device
+        guidance_scale = self.config.guidance_scale if guidance_scale is None else guidance_scale
         pixels = self._check_inputs(images, num_images, window, batch_size).to(device)
         batch, n_given = pixels.shape[:2]
         unet, dtype = self.unet, self.unet.dtype

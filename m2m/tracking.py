@@ -196,6 +196,11 @@ def decode_png(text: str):
     return Image.open(io.BytesIO(base64.b64decode(text))).convert("RGB")
 
 
+def _optional_float(value) -> float | None:
+    """``None`` for a missing cell (``None`` or a DataFrame's NaN), else the value as a float."""
+    return None if value is None or value != value else float(value)
+
+
 class M2MPyfuncModel:
     """``predict`` takes rows (a DataFrame or a list of dicts) of ``images`` (the K preceding
     images as base64 PNGs, possibly none) and ``num_images`` (M), optionally ``num_inference_steps``,
@@ -220,7 +225,7 @@ class M2MPyfuncModel:
                 num_images=int(row["num_images"]),
                 window=int(row.get("window", 4)),
                 num_inference_steps=int(row.get("num_inference_steps", 50)),
-                guidance_scale=float(row.get("guidance_scale", 7.5)),
+                guidance_scale=_optional_float(row.get("guidance_scale")),  # absent: the model's own s
                 generator=generator,
                 progress=False,
             )

@@ -24,8 +24,8 @@ def images():
 
 
 def test_cached_sampler_equals_uncached(pipe, images):
-    cached = sample(pipe, images)
-    uncached = sample(pipe, images, use_cache=False)
+    cached = sample(pipe, images, guidance_scale=3.0)  # both branches of eq. 6
+    uncached = sample(pipe, images, guidance_scale=3.0, use_cache=False)
     assert cached.shape == (2, 3, 3, 32, 32)
     assert torch.allclose(cached, uncached, atol=1e-5)
 
@@ -50,6 +50,16 @@ def test_zeroed_condition_is_the_unconditional_branch():
     zeros = torch.zeros(1, 2, 3, 32, 32)
     first = {"num_images": 1}  # later images would see the (non-zero) first generated one
     assert torch.allclose(sample(pipe, zeros, guidance_scale=7.5, **first), sample(pipe, zeros, guidance_scale=1.0, **first), atol=1e-5)
+
+
+def test_default_guidance_scale_is_saved_with_the_model(tmp_path, images):
+    pipe = build_pipeline("tiny", "dino")
+    assert pipe.config.guidance_scale == 1.0  # the tiny preset's own s (docs/model.md)
+    pipe.register_to_config(guidance_scale=3.0)
+    pipe.save_pretrained(tmp_path)
+    loaded = M2MPipeline.from_pretrained(tmp_path)
+    assert loaded.config.guidance_scale == 3.0
+    assert torch.equal(sample(loaded, images), sample(loaded, images, guidance_scale=3.0))
 
 
 def test_guidance_arithmetic():

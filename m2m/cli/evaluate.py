@@ -39,7 +39,10 @@ def register(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--generate", type=int, default=10, help="images M generated per set (default 10)")
     parser.add_argument("--window", type=int, help="context window W (default: --preceding)")
     parser.add_argument("--steps", type=int, default=50, help="DDIM denoising steps (default 50)")
-    parser.add_argument("--guidance-scale", type=float, default=7.5, help="guidance scale s of eq. 6 (default 7.5)")
+    parser.add_argument(
+        "--guidance-scale", type=float, default=None,
+        help="guidance scale s of eq. 6 (default: the model's own; sd21 7.5 as in the paper, tiny 1)",
+    )
     parser.add_argument("--batch-size", type=int, default=8, help="sets generated together (default 8)")
     parser.add_argument(
         "--metrics-backend", choices=["tiny", "standard"], default="tiny", help="feature networks (default: tiny)"
@@ -47,12 +50,14 @@ def register(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--inception-weights", type=Path, help="torch-fidelity Inception-v3 weights file (standard)")
     parser.add_argument("--clip-folder", type=Path, help="local CLIP model folder (standard)")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    parser.add_argument("--device", default="auto", help="auto ($M2M_DEVICE, else cuda when present), cpu or cuda")
     return parser
 
 
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from m2m.device import pick_device
     from m2m.evaluation.evaluate import evaluate
     from m2m.evaluation.features import load_feature_networks
     from m2m.evaluation.image_sets import read_image_sets, read_mis_eval_sets
@@ -63,10 +68,12 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if not (args.model / "model_index.json").is_file():
         raise FileNotFoundError(f"{args.model}: not an M2M pipeline folder (model_index.json missing)")
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = pick_device(args.device)
     networks = load_feature_networks(args.metrics_backend, args.inception_weights, args.clip_folder)
     networks.to(device)
     pipe = M2MPipeline.from_pretrained(args.model).to(device)
+    if device == "cpu":  # fp16 weights (e.g. the shipped tiny models) run in fp32 on CPU
+        pipe.to(dtype=torch.float32)
     if args.mis is not None:
         sets, counts = read_mis_eval_sets(args.mis, args.split, args.preceding, pipe.image_size, args.num_sets)
         data = {"source": "mis", "path": str(args.mis), "split": args.split}

@@ -20,11 +20,13 @@ def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--num-images", type=int, default=4, help="how many images to generate (M)")
     p.add_argument("--window", type=int, default=4, help="context window W")
     p.add_argument("--steps", type=int, default=50, help="DDIM steps (paper: 50)")
-    p.add_argument("--guidance-scale", type=float, default=7.5, help="s of eq. 6 (paper: 7.5)")
+    p.add_argument(
+        "--guidance-scale", type=float, default=None, help="s of eq. 6 (default: the model's; sd21 7.5 as in the paper)"
+    )
     p.add_argument("--steps-of-procedure", type=int, nargs="*", help="procedure step index of every image (eq. 7)")
     p.add_argument("--condition-guidance-scale", type=float, default=1.0, help="s_C of eq. 7")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto", help="auto (cuda when present), cpu or cuda")
+    p.add_argument("--device", default="auto", help="auto ($M2M_DEVICE, else cuda when present), cpu or cuda")
     return p
 
 
@@ -47,13 +49,17 @@ def load_images(paths: list[Path], size: int):
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from m2m.device import pick_device
     from m2m.grid import image_grid
     from m2m.pipeline import M2MPipeline, from_pil
 
     if not (args.model / "model_index.json").exists():
         raise FileNotFoundError(f"{args.model}: not an M2M pipeline folder (no model_index.json)")
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    device = pick_device(args.device)
+    # fp16 weights (e.g. the shipped tiny models) run in fp32 on CPU
     pipe = M2MPipeline.from_pretrained(args.model).to(device)
+    if device == "cpu":
+        pipe.to(dtype=torch.float32)
     context = load_images(args.images, pipe.image_size)
     conditions = None
     if args.steps_of_procedure is not None:

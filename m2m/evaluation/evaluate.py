@@ -48,7 +48,7 @@ def generate_continuations(
     num_images: int,
     window: int,
     steps: int,
-    guidance_scale: float,
+    guidance_scale: float | None,
     seed: int,
     batch_size: int,
     conditions: torch.Tensor | None = None,
@@ -251,7 +251,7 @@ def evaluate(
     generate: int = 10,
     window: int | None = None,
     steps: int = 50,
-    guidance_scale: float = 7.5,
+    guidance_scale: float | None = None,
     seed: int = 0,
     batch_size: int = 8,
 ) -> dict:
@@ -262,6 +262,7 @@ def evaluate(
     if preceding < 1 or generate < 1:
         raise ValueError(f"--preceding and --generate must be >= 1, got {preceding} and {generate}")
     window = preceding if window is None else window
+    guidance_scale = pipe.config.guidance_scale if guidance_scale is None else guidance_scale
     start = time.perf_counter()
     context = preceding_images(sets, preceding)
     generated = generate_continuations(pipe, context, generate, window, steps, guidance_scale, seed, batch_size)

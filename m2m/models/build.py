@@ -73,7 +73,10 @@ def build_pipeline(
     unet, scheduler, vae, image_encoder = parts
     if image_encoder is not None:
         image_encoder.requires_grad_(False)
-    return M2MPipeline(unet=unet, scheduler=scheduler, vae=vae, image_encoder=image_encoder)
+    return M2MPipeline(
+        unet=unet, scheduler=scheduler, vae=vae, image_encoder=image_encoder,
+        guidance_scale=presets.GUIDANCE_SCALE[preset],
+    )
 
 
 def add_condition(pipe, condition: str):

@@ -64,6 +64,13 @@ PRESET_SETTINGS = {
     "sd21": dict(condition_dim=256, dino_image_size=224),
 }
 
+# The default guidance scale s of eq. 6 each preset's pipelines carry (``pipe.config.guidance_scale``).
+# sd21: 7.5 as in the paper. tiny: 1 (no guidance). A tiny model trained for minutes on CPU is most
+# consistent with held-out procedural sets at s = 1 (palette 0.91-1.00 after 500-1500 steps) and less so as
+# s grows (0.68-0.73 at s = 2, chance at 7.5): s (ε_c − ε_u) amplifies the error of two rough predictions
+# and pushes the colours off the palette (benchmarks/RESULTS.md, "Proof of learning").
+GUIDANCE_SCALE = {"tiny": 1.0, "sd21": 7.5}
+
 SD21_FOLDER = Path("weights/stable-diffusion-2-1-base")
 DINO_FOLDER = Path("weights/dinov2-giant")
 
