@@ -128,7 +128,8 @@ def main() -> None:
 
     import torch
 
-    from m2m.data.sd_generator import StableDiffusionGenerator, pick_device
+    from m2m.data.sd_generator import StableDiffusionGenerator
+    from m2m.device import pick_device
 
     device = pick_device(args.device)
     name = str(args.sd_folder) if args.sd_folder else f"random {args.random}"

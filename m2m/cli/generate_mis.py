@@ -43,7 +43,9 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser.add_argument("--steps", type=int, default=25, help="sd: Euler sampling steps")
     parser.add_argument("--batch-size", type=int, default=8, help="sd: images per forward pass")
     parser.add_argument("--seed", type=int, default=0, help="run seed; image seeds derive from it and the caption id")
-    parser.add_argument("--device", default="auto", help="sd and --precompute: cuda, cpu or auto")
+    parser.add_argument(
+        "--device", default="auto", help="sd and --precompute: auto ($M2M_DEVICE, else cuda when present), cuda or cpu"
+    )
     parser.add_argument(
         "--precompute",
         action="store_true",

@@ -11,6 +11,8 @@ from pathlib import Path
 
 from PIL import Image
 
+from m2m.device import pick_device
+
 MODEL_ID = "stabilityai/stable-diffusion-2-1-base"
 SUBFOLDERS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 
@@ -36,16 +38,6 @@ def check_sd_folder(folder: str | Path) -> Path:
     if pipeline_class != "StableDiffusionPipeline":
         raise ValueError(f"{index}: _class_name is {pipeline_class!r}, expected 'StableDiffusionPipeline'; {fetch}")
     return folder
-
-
-def pick_device(device: str = "auto") -> str:
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"--device {device}: no CUDA device available")
-    return device
 
 
 class StableDiffusionGenerator:
