@@ -9,8 +9,15 @@ from m2m.models import presets
 from m2m.training.config import MIXED_PRECISION, PRESET_DEFAULTS, TASK_CONDITIONS, TrainConfig
 
 
+def _flag(name: str, value) -> str:
+    flag = f"--{name.replace('_', '-')}"
+    if isinstance(value, bool):
+        return flag if value else f"--no-{flag[2:]}"
+    return f"{flag} {value:g}"
+
+
 def _preset_defaults(preset: str) -> str:
-    return ", ".join(f"--{k.replace('_', '-')} {v:g}" for k, v in PRESET_DEFAULTS[preset].items())
+    return ", ".join(_flag(k, v) for k, v in PRESET_DEFAULTS[preset].items())
 
 
 HELP = "pre-train on MIS (eq. 5) or fine-tune on a task (section 6.2)"
@@ -54,9 +61,16 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--n-images", type=int, default=d.n_images, help="images N per set (paper: 5)")
     p.add_argument("--lr", type=float, help="AdamW learning rate, constant (default: preset)")
     p.add_argument("--p-uncond", type=float, default=d.p_uncond, help="probability of a zeroed context (0.1)")
-    p.add_argument("--mixed-precision", choices=MIXED_PRECISION, default=d.mixed_precision, help="autocast dtype")
+    p.add_argument(
+        "--mixed-precision", choices=MIXED_PRECISION, default=d.mixed_precision,
+        help="autocast dtype (default: $ACCELERATE_MIXED_PRECISION, which the pipeline's compute dtype sets, else no)",
+    )
     p.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations: less memory")
-    p.add_argument("--ema", action="store_true", help="keep EMA weights and save them as the model")
+    p.add_argument(
+        "--ema", action=argparse.BooleanOptionalAction, default=None,
+        help="keep EMA weights and save them as the model (default: preset; tiny on, sd21 off as in the paper)",
+    )
+    p.add_argument("--ema-decay", type=float, help="EMA decay (default: preset; tiny 0.995, sd21 0.9999)")
     p.add_argument("--checkpoint-every", type=int, help="steps between checkpoints, 0: none (default: preset)")
     p.add_argument("--checkpoint-dir", type=Path, help="checkpoint folder (default: <out>.ckpt)")
     p.add_argument("--keep-checkpoints", type=int, default=d.keep_checkpoints, help="newest checkpoints kept (2)")
