@@ -173,30 +173,3 @@ def test_refuses_to_replace_a_folder_that_is_not_a_model(mis, tmp_path):
     with pytest.raises(ValueError, match="exists and is not an M2M model folder"):
         loop.train(config(tmp_path, data=mis, steps=1))
     assert (tmp_path / "notes.txt").read_text() == "keep me"
-
-
-def test_task_batches_are_resumable_and_split_across_processes():
-    class Items(torch.utils.data.Dataset):
-        def __len__(self):
-            return 5
-
-        def __getitem__(self, index):
-            return {"index": index, "draw": torch.randint(1000, (1,))}
-
-    def take(batches, n):
-        it = iter(batches)
-        return [next(it) for _ in range(n)]
-
-    straight = take(loop.TaskBatches(Items(), batch_size=2, seed=0), 6)
-    first = loop.TaskBatches(Items(), batch_size=2, seed=0)
-    head = take(first, 3)
-    resumed = loop.TaskBatches(Items(), batch_size=2, seed=0)
-    resumed.load_state_dict(first.state_dict())
-    for a, b in zip(straight, head + take(resumed, 3)):
-        assert torch.equal(a["index"], b["index"]) and torch.equal(a["draw"], b["draw"])
-    epoch = torch.cat([b["index"] for b in straight])[:5]
-    assert sorted(epoch.tolist()) == [0, 1, 2, 3, 4]  # every item once per epoch
-
-    ranks = [take(loop.TaskBatches(Items(), batch_size=2, seed=0, rank=r, world_size=2), 2) for r in (0, 1)]
-    interleaved = [ranks[0][0], ranks[1][0], ranks[0][1], ranks[1][1]]
-    assert all(torch.equal(a["index"], b["index"]) for a, b in zip(straight, interleaved))

@@ -1,0 +1,147 @@
+"""Training data for the loop: endless, resumable batches of MIS sets or task items, and held-out sets.
+
+Both streams restart exactly where a checkpoint left them (``state_dict`` / ``load_state_dict``), so a
+resumed run reads the same sets an uninterrupted run would have.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from pathlib import Path
+
+import torch
+
+from m2m.training.config import TrainConfig
+
+
+class _Seeded(torch.utils.data.Dataset):
+    """Reads item ``index`` with torch's RNG seeded per draw, so random windows survive a resume."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]) -> dict:
+        index, seed = key
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return self.dataset[index]
+
+
+class TaskBatches:
+    """Endless micro-batches of a task dataset, resumable: ``state_dict()`` is the batches consumed.
+
+    The item stream is the concatenation of seeded permutations, one per epoch; process ``rank`` takes
+    every ``world_size``-th block of ``batch_size`` items.
+    """
+
+    def __init__(self, dataset, batch_size: int, seed: int, rank: int = 0, world_size: int = 1, num_workers: int = 0):
+        self.dataset, self.batch_size, self.seed = _Seeded(dataset), batch_size, seed
+        self.rank, self.world_size, self.num_workers = rank, world_size, num_workers
+        self.batches = 0
+
+    def _keys(self, first_batch: int):
+        n, perm, perm_epoch = len(self.dataset), None, -1
+        batch = first_batch
+        while True:
+            start = (batch * self.world_size + self.rank) * self.batch_size
+            for position in range(start, start + self.batch_size):
+                epoch, i = divmod(position, n)
+                if epoch != perm_epoch:
+                    perm, perm_epoch = random.Random(f"{self.seed}:{epoch}").sample(range(n), n), epoch
+                yield perm[i], random.Random(f"{self.seed}:item:{position}").getrandbits(63)
+            batch += 1
+
+    def __iter__(self):
+        loader = torch.utils.data.DataLoader(
+            self.dataset, batch_size=self.batch_size, sampler=self._keys(self.batches), num_workers=self.num_workers
+        )
+        for batch in loader:
+            self.batches += 1
+            yield batch
+
+    def state_dict(self) -> dict:
+        return {"batches": self.batches, "seed": self.seed}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("seed") != self.seed:
+            raise ValueError(f"task data position: made with seed {state.get('seed')}, this run has {self.seed}")
+        self.batches = int(state["batches"])
+
+
+class Endless:
+    """Epoch after epoch of a resumable one-epoch-per-iteration loader (``MISLoader``)."""
+
+    def __init__(self, loader, source: Path):
+        self.loader, self.source = loader, source
+
+    def __iter__(self):
+        empty_passes = 0
+        while empty_passes < 2:  # a resumed loader may start at the very end of an epoch
+            empty_passes += 1
+            for batch in self.loader:
+                empty_passes = 0
+                yield batch
+        raise ValueError(f"{self.source}: no readable training sets")
+
+    def state_dict(self) -> dict:
+        return self.loader.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.loader.load_state_dict(state)
+
+
+def _task_dataset(cfg: TrainConfig, n_images: int, sample: str, image_size: int):
+    from m2m.data.tasks_nvs import NVSDataset
+    from m2m.data.tasks_procedure import ProcedureDataset
+
+    cls = NVSDataset if cfg.task == "nvs" else ProcedureDataset
+    return cls(cfg.task_data, n_images=n_images, sample=sample, image_size=image_size)
+
+
+def training_data(cfg: TrainConfig, image_size: int, rank: int, world_size: int):
+    """(endless resumable batches of ``micro_batch_size`` sets, optimizer steps in one epoch)."""
+    if cfg.task is not None:
+        dataset = _task_dataset(cfg, cfg.n_images, "random", image_size)
+        batches = TaskBatches(dataset, cfg.micro_batch_size, cfg.seed, rank, world_size, cfg.num_workers)
+        return batches, math.ceil(len(dataset) / cfg.batch_size)
+    from m2m.data.loader import mis_loader
+
+    loader = mis_loader(
+        cfg.data, split="train", n_images=cfg.n_images, image_size=image_size, seed=cfg.seed,
+        batch_size=cfg.micro_batch_size, num_workers=cfg.num_workers, rank=rank, world_size=world_size,
+    )
+    manifest = json.loads(loader.manifest.read_text(encoding="utf-8"))
+    n_train = int(manifest["split"]["train"])
+    if n_train == 0:
+        raise ValueError(f"{loader.manifest}: the train split is empty")
+    return Endless(loader, cfg.data), math.ceil(n_train / cfg.batch_size)
+
+
+def heldout_sets(cfg: TrainConfig, image_size: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Sets for ``samples.png``: ``(S, K, 3, H, W)`` preceding images and task conditions for K + M images.
+
+    MIS: the first sets of the test split (the train split when the test split is empty). Task data has
+    no split; its first items from their first image are shown.
+    """
+    k, m = cfg.sample_context, cfg.sample_generate
+    if cfg.task is not None:
+        dataset = _task_dataset(cfg, k + m, "first", image_size)
+        items = [dataset[i] for i in range(min(cfg.sample_sets, len(dataset)))]
+        return torch.stack([it["images"][:k] for it in items]), torch.stack([it["cond"] for it in items])
+    from m2m.data.loader import read_mis_sets
+    from m2m.pipeline import from_pil
+
+    sets = read_mis_sets(cfg.data, "test", limit=cfg.sample_sets)
+    sets = sets or read_mis_sets(cfg.data, "train", limit=cfg.sample_sets)
+    if not sets:
+        raise ValueError(f"{cfg.data}: no readable sets to sample from")
+    if len(sets[0]["images"]) < k:
+        n = len(sets[0]["images"])
+        raise ValueError(f"--sample-context: {k} preceding images, but the sets of {cfg.data} have {n}")
+    rows = [[im.resize((image_size, image_size)) for im in s["images"][:k]] for s in sets]
+    return from_pil(rows), None

@@ -1,0 +1,30 @@
+import torch
+
+from m2m.training import data
+
+
+def test_task_batches_are_resumable_and_split_across_processes():
+    class Items(torch.utils.data.Dataset):
+        def __len__(self):
+            return 5
+
+        def __getitem__(self, index):
+            return {"index": index, "draw": torch.randint(1000, (1,))}
+
+    def take(batches, n):
+        it = iter(batches)
+        return [next(it) for _ in range(n)]
+
+    straight = take(data.TaskBatches(Items(), batch_size=2, seed=0), 6)
+    first = data.TaskBatches(Items(), batch_size=2, seed=0)
+    head = take(first, 3)
+    resumed = data.TaskBatches(Items(), batch_size=2, seed=0)
+    resumed.load_state_dict(first.state_dict())
+    for a, b in zip(straight, head + take(resumed, 3)):
+        assert torch.equal(a["index"], b["index"]) and torch.equal(a["draw"], b["draw"])
+    epoch = torch.cat([b["index"] for b in straight])[:5]
+    assert sorted(epoch.tolist()) == [0, 1, 2, 3, 4]  # every item once per epoch
+
+    ranks = [take(data.TaskBatches(Items(), batch_size=2, seed=0, rank=r, world_size=2), 2) for r in (0, 1)]
+    interleaved = [ranks[0][0], ranks[1][0], ranks[0][1], ranks[1][1]]
+    assert all(torch.equal(a["index"], b["index"]) for a, b in zip(straight, interleaved))
