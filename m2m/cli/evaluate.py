@@ -71,9 +71,8 @@ def run(args: argparse.Namespace) -> int:
     device = pick_device(args.device)
     networks = load_feature_networks(args.metrics_backend, args.inception_weights, args.clip_folder)
     networks.to(device)
-    pipe = M2MPipeline.from_pretrained(args.model).to(device)
-    if device == "cpu":  # fp16 weights (e.g. the shipped tiny models) run in fp32 on CPU
-        pipe.to(dtype=torch.float32)
+    # fp16 weights (e.g. the shipped tiny models) run in fp32 on CPU
+    pipe = M2MPipeline.from_pretrained(args.model, dtype=torch.float32 if device == "cpu" else None).to(device)
     if args.mis is not None:
         sets, counts = read_mis_eval_sets(args.mis, args.split, args.preceding, pipe.image_size, args.num_sets)
         data = {"source": "mis", "path": str(args.mis), "split": args.split}

@@ -57,9 +57,7 @@ def run(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"{args.model}: not an M2M pipeline folder (no model_index.json)")
     device = pick_device(args.device)
     # fp16 weights (e.g. the shipped tiny models) run in fp32 on CPU
-    pipe = M2MPipeline.from_pretrained(args.model).to(device)
-    if device == "cpu":
-        pipe.to(dtype=torch.float32)
+    pipe = M2MPipeline.from_pretrained(args.model, dtype=torch.float32 if device == "cpu" else None).to(device)
     context = load_images(args.images, pipe.image_size)
     conditions = None
     if args.steps_of_procedure is not None:

@@ -44,7 +44,7 @@ def load_pipeline(cfg: TrainConfig):
     if cfg.init is not None:
         if not (Path(cfg.init) / "model_index.json").is_file():
             raise FileNotFoundError(f"{cfg.init}: not an M2M pipeline folder (model_index.json missing)")
-        pipe = M2MPipeline.from_pretrained(cfg.init).to(dtype=torch.float32)  # fp32 master weights
+        pipe = M2MPipeline.from_pretrained(cfg.init, dtype=torch.float32)  # fp32 master weights
         if pipe.variant != cfg.variant:
             raise ValueError(f"--init {cfg.init}: an M2M-{pipe.variant} model, but --variant is {cfg.variant}")
     else:
