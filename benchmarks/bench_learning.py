@@ -9,8 +9,9 @@ exactly whether a model continues a set (chance: about 0.16 for a uniform guess)
 2. Tiny M2M-Self and M2M-DINO trained on it (eq. 5) for ``--minutes`` each.
 3. On held-out test sets, K = 4 preceding images, the consistency of the next ``--generate`` images for:
    the trained model, its untrained initialisation, the trained model with the context zeroed (s = 0 in
-   eq. 6 leaves the unconditional ε(z_t, 0, t)), and chance; then against K = 1..4 (section 8.2) and along
-   a long generated sequence of ``--long`` images with W = 4 (does quality decay? section 9).
+   eq. 6 leaves the unconditional ε(z_t, 0, t)), and chance; then against the guidance scale s, against
+   K = 1..4 (section 8.2) and along a long generated sequence of ``--long`` images with W = 4 (does quality
+   decay? section 9).
 4. Each pre-trained model fine-tuned (section 6.2) on the novel-view and procedure fixtures for
    ``--task-minutes``, scored by the task consistency with its condition, with the condition ignored
    (s_C = 0 in eq. 7), without fine-tuning, and by chance.
@@ -18,8 +19,8 @@ exactly whether a model continues a set (chance: about 0.16 for a uniform guess)
 Writes ``benchmarks/results/learning.json``, ``learning_<variant>.png`` (preceding | trained | init |
 context zeroed), ``learning_curves.png`` and the "Proof of learning" section of ``benchmarks/RESULTS.md``.
 
-    python benchmarks/bench_learning.py                  # about 15 minutes per variant on 1 CPU thread
-    python benchmarks/bench_learning.py --minutes 15     # the longest budget
+    python benchmarks/bench_learning.py                  # about 25 minutes per variant on 2 CPU cores
+    python benchmarks/bench_learning.py --minutes 5 --variants dino   # a quicker look
 """
 
 from __future__ import annotations
@@ -28,29 +29,19 @@ import argparse
 import json
 import math
 import os
-import shutil
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image, ImageDraw
 
-RESULTS = Path(__file__).resolve().parent / "results"
-RESULTS_MD = Path(__file__).resolve().parent / "RESULTS.md"
-SECTION = "## Proof of learning"
+from learning.common import PRECEDING, export_fp16, load, mean_rows, pair_chance, train_for
+from learning.report import ATTRIBUTES, RESULTS, labelled_grid, plot_curves, save_atomic, section, write_section
+from learning.tasks import task_study
+
 TEST_PERCENT = 20
-CALIBRATION_STEPS = 10
-PRECEDING = 4
-ATTRIBUTES = ("palette", "shape", "texture")
 VARIANT_NAMES = {"self": "M2M-Self", "dino": "M2M-DINO"}
-PROCEDURE_STEPS = 6  # steps per fixture method; the first 2 are the context
-NVS_VIEWS = 12
-
-
-# -- data and training ---------------------------------------------------------------------------
+GUIDANCE_SWEEP = (0.0, 1.0, 2.0, 4.0, 7.5)
 
 
 def build_mis(root: Path) -> Path:
@@ -68,42 +59,16 @@ def build_mis(root: Path) -> Path:
     return root
 
 
-def train_for(config, minutes: float) -> dict:
-    """Train for about ``minutes``: a short run measures seconds per step, then resuming from its checkpoint
-    trains to the step count that fits (the same weights as one uninterrupted run of that length)."""
-    from m2m.training.loop import train
-
-    shutil.rmtree(config.checkpoints, ignore_errors=True)
-    first = train(replace(config, steps=CALIBRATION_STEPS, checkpoint_every=CALIBRATION_STEPS))
-    total = max(CALIBRATION_STEPS, round(minutes * 60 / first["s_per_step"]))
-    if total == CALIBRATION_STEPS:
-        return first
-    return train(replace(config, steps=total, checkpoint_every=total, resume=True))
-
-
-def load(folder: Path):
-    from m2m.pipeline import M2MPipeline
-
-    return M2MPipeline.from_pretrained(folder)
-
-
-# -- scoring -------------------------------------------------------------------------------------
-
-
-def mean_rows(rows: list[dict], keys=None) -> dict:
-    """Per-key mean of per-position consistency rows."""
-    keys = keys or [k for k in rows[0] if k != "n_images"]
-    return {k: float(np.mean([row[k] for row in rows])) for k in keys}
-
-
 def mis_pair_chance(references: list[dict]) -> dict:
     """Per-attribute chance that two different test sets share the attribute, and their mean."""
     chance = {a: pair_chance([r[a] for r in references]) for a in ATTRIBUTES}
-    return {**chance, "score": float(np.mean(list(chance.values())))}
+    return {**chance, "score": sum(chance.values()) / len(chance)}
 
 
 def mis_consistency(pipe, context, references, generate, guidance, args) -> tuple[list[dict], torch.Tensor]:
-    """Consistency per generated position after ``context`` ``(S, K, 3, H, W)``, and the images."""
+    """Consistency per generated position after ``context`` ``(S, K, 3, H, W)``, and the images.
+
+    ``guidance`` None is the model's own s (``pipe.config.guidance_scale``)."""
     from m2m.evaluation.evaluate import generate_continuations, set_consistency_per_position
 
     generated = generate_continuations(
@@ -122,7 +87,7 @@ def learning_study(variant: str, mis: Path, work: Path, args) -> dict:
 
     config = TrainConfig(out=work / f"m2m-{variant}", variant=variant, data=mis, seed=args.seed, log_every=50)
     start = time.perf_counter()
-    train_metrics = train_for(config, args.minutes)
+    train_metrics = train_for(config, args.minutes, reuse=args.reuse)
     trained, init = load(config.out), load_pipeline(config.resolved())
     sets, _ = read_mis_eval_sets(mis, "test", PRECEDING, trained.image_size, args.sets)
     context, references = preceding_images(sets, PRECEDING), [s.attributes for s in sets]
@@ -134,6 +99,11 @@ def learning_study(variant: str, mis: Path, work: Path, args) -> dict:
     by_k = {PRECEDING: mean_rows(along[:m])}
     for k in range(1, PRECEDING):
         by_k[k] = mean_rows(mis_consistency(trained, context[:, :k], references, m, s, args)[0])
+    own = trained.config.guidance_scale if s is None else s
+    by_guidance = {own: mean_rows(along[:m]), 0.0: mean_rows(zeroed_rows)}
+    for scale in GUIDANCE_SWEEP:
+        if scale not in by_guidance:
+            by_guidance[scale] = mean_rows(mis_consistency(trained, context, references, m, scale, args)[0])
     conditions = {
         "trained": mean_rows(along[:m]),
         "untrained init": mean_rows(init_rows),
@@ -145,285 +115,76 @@ def learning_study(variant: str, mis: Path, work: Path, args) -> dict:
     columns = {"preceding": (context[:6] + 1) / 2, "trained": trained_images[:6, :m]}
     columns.update({"untrained init": init_images[:6], "context zeroed": zeroed_images[:6]})
     save_atomic(labelled_grid(columns, trained.image_size), picture)
+    train_keys = ("steps", "batch_size", "n_images", "final_loss", "loss_last_10pct", "s_per_step", "wall_time_s")
     return {
         "variant": VARIANT_NAMES[variant],
-        "train": {k: train_metrics[k] for k in ("steps", "final_loss", "loss_last_10pct", "s_per_step", "wall_time_s")},
+        "train": {k: train_metrics[k] for k in train_keys},
         "test_sets": len(sets),
+        "generate": m,
+        "guidance_scale": own,
         "conditions": conditions,
+        "by_guidance": {str(k): by_guidance[k] for k in sorted(by_guidance)},
         "by_preceding": {str(k): by_k[k] for k in sorted(by_k)},
         "by_position": [row["score"] for row in along],
         "picture": picture.name,
-        "tasks": task_study(variant, config.out, work, args),
+        "tasks": task_study(variant, config.out, work, args) if args.task_minutes > 0 else {},
         "seconds": time.perf_counter() - start,
     }
 
 
-# -- task fine-tuning (section 6.2) ----------------------------------------------------------------
+def model_card(study: dict, report: dict, folder: str) -> str:
+    """README.md of an exported model: what it is, how it was trained, what it scores, how to use it."""
+    t, c = study["train"], study["conditions"]
+    chance = c["chance (two test sets agree)"]
+    above = [a for a in ATTRIBUTES if c["trained"][a] >= chance[a] + 0.1]
+    below = [a for a in ATTRIBUTES if a not in above]
+    return f"""# Tiny {study['variant']} (32x32, procedural MIS)
 
+The default-preset {study['variant']} of this project, trained from scratch on CPU by
+`python benchmarks/bench_learning.py {report['settings']['argv']}`: {t['steps']} steps of {t['batch_size']} sets x
+{t['n_images']} images ({t['wall_time_s'] / 60:.1f} min on {report['machine']}) on the procedural MIS built from
+the shipped sample captions. Weights in float16 safetensors; `m2m sample` / `m2m evaluate` run them in
+float32 on CPU. Its default guidance scale is s = {study['guidance_scale']:g} (docs/model.md).
 
-def fixtures(work: Path, args) -> dict:
-    """Training and held-out fixtures for both tasks (held-out objects/methods come from another seed)."""
-    from m2m.data.tasks_nvs import write_nvs_fixture
-    from m2m.data.tasks_procedure import write_procedure_fixture
+Consistency with {study['test_sets']} held-out sets (palette, shape, texture read back by the generator's
+detector; benchmarks/RESULTS.md): trained {c['trained']['score']:.2f}, untrained init
+{c['untrained init']['score']:.2f}, context zeroed {c['trained, context zeroed (s = 0)']['score']:.2f}, chance
+{chance['score']:.2f}. Attributes it continues at least 0.10 above chance: {', '.join(above) or 'none'}; not:
+{', '.join(below) or 'none'}.
 
-    roots = {}
-    for task, write, extra in (
-        ("nvs", write_nvs_fixture, {}),
-        ("procedure", write_procedure_fixture, {"n_steps": PROCEDURE_STEPS}),
-    ):
-        roots[task] = work / "tasks" / task, work / "tasks" / f"{task}-heldout"
-        if not roots[task][0].is_dir():
-            write(roots[task][0], args.task_items, seed=0, **extra)
-        if not roots[task][1].is_dir():
-            write(roots[task][1], args.sets, seed=1, **extra)
-    return roots
+    m2m sample --model {folder} --images a.png b.png c.png d.png --out out/
 
-
-def pair_chance(values: list) -> float:
-    """Probability that two different items of ``values`` agree: ``sum_v c_v (c_v - 1) / (n (n - 1))``.
-
-    What a model that ignores its context but draws attributes as often as the data has them would score.
-    """
-    _, counts = np.unique(np.asarray(values), return_counts=True)
-    n = counts.sum()
-    return float((counts * (counts - 1)).sum() / (n * (n - 1)))
-
-
-def nvs_scores(pipe, heldout: Path, args, s_C: float | None) -> dict:
-    """Novel views from one view (Fig. 7): views 1..M generated after view 0, given every camera."""
-    from m2m.data.tasks_nvs import NVSDataset
-    from m2m.evaluation.consistency import nvs_consistency
-    from m2m.evaluation.evaluate import generate_continuations
-
-    dataset = NVSDataset(heldout, n_images=NVS_VIEWS, sample="first", image_size=pipe.image_size)
-    items = [dataset[i] for i in range(args.sets)]
-    views, cameras = torch.stack([it["images"] for it in items]), torch.stack([it["cond"] for it in items])
-    m = args.task_generate
-    conditions = None if s_C is None else cameras[:, : 1 + m]
-    generated = generate_continuations(
-        pipe, views[:, :1], m, PRECEDING, args.steps, args.guidance_scale, args.seed, args.batch_size,
-        conditions=conditions, condition_guidance_scale=s_C,
-    )
-    rows = [
-        nvs_consistency(list(generated[i] * 2 - 1), cameras[i, 1 : 1 + m].numpy(), list(views[i]), cameras[i].numpy())
-        for i in range(len(items))
-    ]
-    return mean_rows(rows, ["object", "rotation", "score"])
-
-
-def procedure_scores(pipe, heldout: Path, args, s_C: float | None) -> dict:
-    """Future steps (Fig. 8): steps 3..6 of each method generated after its first two."""
-    from m2m.data.tasks_procedure import ProcedureDataset
-    from m2m.evaluation.consistency import procedure_consistency
-    from m2m.evaluation.evaluate import generate_continuations
-
-    dataset = ProcedureDataset(heldout, n_images=PROCEDURE_STEPS, sample="first", image_size=pipe.image_size)
-    items = [dataset[i] for i in range(args.sets)]
-    steps, indices = torch.stack([it["images"] for it in items]), torch.stack([it["cond"] for it in items])
-    attributes = [json.loads((heldout / it["id"] / "method.json").read_text())["attributes"] for it in items]
-    k = 2
-    generated = generate_continuations(
-        pipe, steps[:, :k], PROCEDURE_STEPS - k, PRECEDING, args.steps, args.guidance_scale, args.seed,
-        args.batch_size, conditions=None if s_C is None else indices, condition_guidance_scale=s_C,
-    )
-    rows = [
-        procedure_consistency(list(generated[i] * 2 - 1), indices[i, k:].tolist(), PROCEDURE_STEPS, attributes[i])
-        for i in range(len(items))
-    ]
-    return mean_rows(rows, ["palette", "shape", "progress", "score"])
-
-
-def task_chance(task: str, heldout: Path, args) -> dict:
-    """Chance per task score: two different held-out items agree on palette/shape; a uniform view (1 of 12)
-    or step (1 of 6) guess."""
-    if task == "nvs":
-        objects = [json.loads((heldout / d / "object.json").read_text()) for d in sorted(os.listdir(heldout))]
-        palettes = [o["palette"] for o in objects]
-        chance = {"object": pair_chance(palettes[: args.sets]), "rotation": 1 / NVS_VIEWS}
-    else:
-        methods = [json.loads((heldout / d / "method.json").read_text()) for d in sorted(os.listdir(heldout))]
-        attributes = [m["attributes"] for m in methods]
-        attributes = attributes[: args.sets]
-        chance = {
-            "palette": pair_chance([a["palette"] for a in attributes]),
-            "shape": pair_chance([a["shape"] for a in attributes]),
-            "progress": 1 / PROCEDURE_STEPS,
-        }
-    return {**chance, "score": float(np.mean(list(chance.values())))}
-
-
-def task_study(variant: str, pretrained: Path, work: Path, args) -> dict:
-    """Fine-tune the pre-trained model on each task and score it with and without its condition."""
-    from m2m.training.config import TrainConfig
-
-    scorers = {"nvs": nvs_scores, "procedure": procedure_scores}
-    results = {}
-    for task, (train_root, heldout) in fixtures(work, args).items():
-        config = TrainConfig(
-            out=work / f"m2m-{variant}-{task}", variant=variant, data=None, init=pretrained, task=task,
-            task_data=train_root, seed=args.seed, log_every=50,
-        )
-        train_metrics = train_for(config, args.task_minutes)
-        tuned, score = load(config.out), scorers[task]
-        results[task] = {
-            "steps": train_metrics["steps"],
-            "fine-tuned": score(tuned, heldout, args, 1.0),
-            "fine-tuned, condition ignored (s_C = 0)": score(tuned, heldout, args, 0.0),
-            "pre-trained, not fine-tuned": score(load(pretrained), heldout, args, None),
-            "chance": task_chance(task, heldout, args),
-        }
-    return results
-
-
-# -- pictures and the report ---------------------------------------------------------------------
-
-
-def labelled_grid(columns: dict[str, torch.Tensor], image_size: int) -> Image.Image:
-    """Column groups side by side (rows = sets), each under its label; tensors ``(S, n, 3, H, W)`` in [0, 1]."""
-    from m2m.grid import image_grid
-    from m2m.pipeline import to_pil
-
-    scale = max(1, 64 // image_size)
-    grids = {label: image_grid(to_pil(images), scale=scale) for label, images in columns.items()}
-    gap, header = 12, 16
-    width = sum(g.width for g in grids.values()) + gap * (len(grids) - 1)
-    canvas = Image.new("RGB", (width, header + max(g.height for g in grids.values())), "white")
-    draw, x = ImageDraw.Draw(canvas), 0
-    for label, grid in grids.items():
-        draw.text((x + 2, 2), label, fill="black")
-        canvas.paste(grid, (x, header))
-        x += grid.width + gap
-    return canvas
-
-
-def save_atomic(image_or_figure, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{path.name}")
-    try:
-        if isinstance(image_or_figure, Image.Image):
-            image_or_figure.save(tmp, format="PNG")
-        else:
-            image_or_figure.savefig(tmp, format="png", dpi=100)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def plot_curves(studies: list[dict]) -> Path:
-    """Consistency against K preceding images and along the generated sequence, per variant."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (by_k, along) = plt.subplots(1, 2, figsize=(10, 3.5))
-    for study in studies:
-        ks = sorted(study["by_preceding"], key=int)
-        scores = [study["by_preceding"][k]["score"] for k in ks]
-        by_k.plot([int(k) for k in ks], scores, marker="o", label=study["variant"])
-        positions = range(1, len(study["by_position"]) + 1)
-        line = along.plot(positions, study["by_position"], marker=".", label=f"{study['variant']} trained")[0]
-        init = study["conditions"]["untrained init"]["score"]
-        along.axhline(init, color=line.get_color(), ls=":", label=f"{study['variant']} init")
-    chance = studies[0]["conditions"]["chance (two test sets agree)"]["score"]
-    for ax in (by_k, along):
-        ax.axhline(chance, color="grey", ls="--", label="chance")
-        ax.set_ylim(0, 1)
-        ax.set_ylabel("consistency")
-    by_k.set_xlabel("preceding images K")
-    by_k.set_xticks(range(1, PRECEDING + 1))
-    along.set_xlabel(f"n-th generated image (W = {PRECEDING})")
-    along.legend(fontsize=7)
-    by_k.legend(fontsize=7)
-    fig.tight_layout()
-    path = RESULTS / "learning_curves.png"
-    save_atomic(fig, path)
-    plt.close(fig)
-    return path
-
-
-def table(rows: dict[str, dict], keys: list[str], first: str) -> list[str]:
-    lines = [f"| {first} | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
-    return lines + [f"| {name} | " + " | ".join(f"{row[k]:.2f}" for k in keys) + " |" for name, row in rows.items()]
-
-
-def section(report: dict) -> str:
-    """The "Proof of learning" section of RESULTS.md."""
-    a = report["settings"]
-    lines = [
-        SECTION,
-        "",
-        f"`python benchmarks/bench_learning.py {a['argv']}` on {report['machine']} "
-        f"({report['minutes_total']:.0f} min in all). Tiny M2M (32x32 pixel space) trained on a procedural MIS "
-        f"from the shipped sample captions ({report['mis']['train']} training sets, {report['mis']['test']} "
-        f"held out). Score: the share of generated images whose palette, shape and texture — read back by the "
-        f"procedural generator's own detector — match their set's, over {a['sets']} held-out sets, K = "
-        f"{PRECEDING} preceding images, the next {a['generate']} images, DDIM {a['steps']} steps, s = "
-        f"{a['guidance_scale']}.",
-        "",
-    ]
-    for study in report["studies"]:
-        t = study["train"]
-        lines += [
-            f"### {study['variant']}",
-            "",
-            f"Trained {t['steps']} steps of 8 sets x 5 images ({t['wall_time_s'] / 60:.1f} min, "
-            f"{t['s_per_step']:.2f} s/step), final loss {t['final_loss']:.4f}.",
-            "",
-            *table(study["conditions"], [*ATTRIBUTES, "score"], "model"),
-            "",
-            "Against the number of preceding images (section 8.2):",
-            "",
-            *table({f"K = {k}": v for k, v in study["by_preceding"].items()}, [*ATTRIBUTES, "score"], "context"),
-            "",
-            f"Along a sequence of {len(study['by_position'])} generated images (W = {PRECEDING}): "
-            + ", ".join(f"{n + 1}: {v:.2f}" for n, v in enumerate(study["by_position"])) + ".",
-            "",
-            f"![{study['variant']}: preceding | trained | untrained init | context zeroed](results/{study['picture']})",
-            "",
-        ]
-        for task, result in study["tasks"].items():
-            keys = [k for k in result["chance"] if k != "score"] + ["score"]
-            rows = {name: value for name, value in result.items() if name != "steps"}
-            name = "Novel views: views 1..M from view 0" if task == "nvs" else "Procedures: steps 3..6 from steps 1..2"
-            lines += [f"{name}, fine-tuned {result['steps']} steps:", "", *table(rows, keys, "model"), ""]
-    lines += ["![consistency against K and along the sequence](results/learning_curves.png)", ""]
-    return "\n".join(lines)
-
-
-def write_section(text: str) -> None:
-    """Replace (or add) the "Proof of learning" section of RESULTS.md, leaving other sections alone."""
-    old = RESULTS_MD.read_text(encoding="utf-8") if RESULTS_MD.is_file() else ""
-    start = old.find(SECTION + "\n")
-    if start < 0:
-        new = (old.rstrip("\n") + "\n\n" if old.strip() else "") + text
-    else:
-        end = old.find("\n## ", start + len(SECTION))
-        new = old[:start] + text + (old[end + 1 :] if end >= 0 else "")
-    tmp = RESULTS_MD.with_name(f".tmp-{RESULTS_MD.name}")
-    tmp.write_text(new.rstrip("\n") + "\n", encoding="utf-8")
-    os.replace(tmp, RESULTS_MD)
+A stand-in for checking the code end to end, not a model of natural images.
+"""
 
 
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--minutes", type=float, default=5.0, help="pre-training budget per variant (<= 15)")
-    parser.add_argument("--task-minutes", type=float, default=1.5, help="fine-tuning budget per task and variant")
+    parser.add_argument("--minutes", type=float, default=15.0, help="pre-training budget per variant (<= 15)")
+    parser.add_argument(
+        "--task-minutes", type=float, default=1.5, help="fine-tuning budget per task and variant (0: no task study)"
+    )
     parser.add_argument("--variants", nargs="+", choices=list(VARIANT_NAMES), default=["self", "dino"])
-    parser.add_argument("--sets", type=int, default=16, help="held-out sets (and task items) scored")
+    parser.add_argument("--sets", type=int, default=32, help="held-out sets (and task items) scored")
     parser.add_argument("--generate", type=int, default=4, help="images generated per set for the comparisons")
     parser.add_argument("--long", type=int, default=20, help="length of the long generated sequence")
     parser.add_argument("--task-items", type=int, default=64, help="objects / methods in each task's training fixture")
     parser.add_argument("--task-generate", type=int, default=4, help="novel views generated per object")
     parser.add_argument("--steps", type=int, default=20, help="DDIM steps")
-    parser.add_argument("--guidance-scale", type=float, default=7.5, help="s of eq. 6 (s_I of eq. 7)")
+    parser.add_argument(
+        "--guidance-scale", type=float, default=None, help="s of eq. 6 (s_I of eq. 7); default: the model's own"
+    )
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's, all cores)")
     parser.add_argument("--work", type=Path, default=Path("assets/bench/learning"), help="data and models")
+    parser.add_argument(
+        "--reuse", action="store_true", help="keep the models already trained in --work; train only missing ones"
+    )
+    parser.add_argument("--export", type=Path, help="also save the pre-trained models here in float16, with a card")
     args = parser.parse_args(argv)
-    if not 0 < args.minutes <= 15 or not 0 < args.task_minutes <= 15:
-        parser.error("--minutes and --task-minutes must be in (0, 15]")
+    if not 0 < args.minutes <= 15 or not 0 <= args.task_minutes <= 15:
+        parser.error("--minutes must be in (0, 15] and --task-minutes in [0, 15]")
     if args.sets < 2 or args.generate < 1 or args.long < 1 or args.task_generate < 1:
         parser.error("--sets must be >= 2; --generate, --long and --task-generate >= 1")
     return args
@@ -433,7 +194,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    torch.set_num_threads(args.threads)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     start = time.perf_counter()
     mis = build_mis(args.work / "mis")
     manifest = json.loads((mis / "manifest.json").read_text())
@@ -442,7 +204,8 @@ def main(argv: list[str] | None = None) -> int:
     report = {
         "settings": {**{k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
                      "argv": " ".join(sys.argv[1:] if argv is None else argv)},
-        "machine": f"CPU, {args.threads} torch thread(s)",
+        "machine": f"CPU ({os.cpu_count()} cores), {torch.get_num_threads()} torch thread(s)",
+        "guidance_scale": studies[0]["guidance_scale"],
         "mis": manifest["split"],
         "studies": studies,
         "minutes_total": (time.perf_counter() - start) / 60,
@@ -452,6 +215,11 @@ def main(argv: list[str] | None = None) -> int:
     tmp.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     os.replace(tmp, RESULTS / "learning.json")
     write_section(section(report))
+    if args.export:
+        for variant, study in zip(args.variants, studies, strict=True):
+            out = args.export / f"tiny-m2m-{variant}"
+            size = export_fp16(args.work / f"m2m-{variant}", out, model_card(study, report, str(out)))
+            print(f"exported {out} ({size / 2**20:.1f} MiB)")
     for study in studies:
         c = study["conditions"]
         print(

@@ -1,0 +1,72 @@
+"""Helpers the proof-of-learning studies share: training to a time budget, loading, averaging, chance."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+CALIBRATION_STEPS = 10
+PRECEDING = 4  # K preceding images, and the window W
+
+
+def train_for(config, minutes: float, reuse: bool = False) -> dict:
+    """Train for about ``minutes``: a short run measures seconds per step, then resuming from its checkpoint
+    trains to the step count that fits (the same weights as one uninterrupted run of that length).
+
+    ``reuse``: a model already in ``config.out`` is kept and its training metrics returned."""
+    from m2m.training.loop import train
+
+    metrics = config.out / "train_metrics.json"
+    if reuse and metrics.is_file():
+        return json.loads(metrics.read_text(encoding="utf-8"))
+
+    shutil.rmtree(config.checkpoints, ignore_errors=True)
+    first = train(replace(config, steps=CALIBRATION_STEPS, checkpoint_every=CALIBRATION_STEPS))
+    total = max(CALIBRATION_STEPS, round(minutes * 60 / first["s_per_step"]))
+    if total == CALIBRATION_STEPS:
+        return first
+    return train(replace(config, steps=total, checkpoint_every=total, resume=True))
+
+
+def load(folder: Path):
+    from m2m.pipeline import M2MPipeline
+
+    return M2MPipeline.from_pretrained(folder)
+
+
+def mean_rows(rows: list[dict], keys=None) -> dict:
+    """Per-key mean of per-position (or per-item) consistency rows."""
+    keys = keys or [k for k in rows[0] if k != "n_images"]
+    return {k: float(np.mean([row[k] for row in rows])) for k in keys}
+
+
+def pair_chance(values: list) -> float:
+    """Probability that two different items of ``values`` agree: ``sum_v c_v (c_v - 1) / (n (n - 1))``.
+
+    What a model that ignores its context but draws attributes as often as the data has them would score.
+    """
+    _, counts = np.unique(np.asarray(values), return_counts=True)
+    n = counts.sum()
+    return float((counts * (counts - 1)).sum() / (n * (n - 1)))
+
+
+def export_fp16(folder: Path, out: Path, card: str) -> int:
+    """Save the pipeline in ``folder`` as half-precision safetensors in ``out`` (replaced as a whole) with
+    ``card`` as its README.md; returns the bytes written. On CPU, load it with ``dtype=torch.float32``
+    (``m2m sample`` and ``m2m evaluate`` do)."""
+    import os
+
+    import torch
+
+    pipe = load(folder).to(torch.float16)
+    tmp = out.with_name(f".tmp-{out.name}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    pipe.save_pretrained(tmp, safe_serialization=True)
+    (tmp / "README.md").write_text(card, encoding="utf-8")
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(tmp, out)
+    return sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
