@@ -14,11 +14,11 @@ import argparse
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
+from learning.common import PRECEDING, mean_rows
+
 MODELS = Path(__file__).resolve().parent.parent / "models"
-PRECEDING = 4
 
 
 def procedural_sets(count: int, seed: int) -> tuple[torch.Tensor, list[dict]]:
@@ -45,9 +45,7 @@ def run(folder: Path, device: str, dtype: torch.dtype, context, references, args
     start = time.perf_counter()
     images = generate_continuations(pipe, context, args.generate, PRECEDING, args.steps, None, 0, args.batch_size)
     seconds = (time.perf_counter() - start) / (images.shape[0] * images.shape[1])
-    rows = set_consistency_per_position(images, references)
-    keys = [k for k in rows[0] if k != "n_images"]
-    return {k: float(np.mean([r[k] for r in rows])) for k in keys}, images, seconds
+    return mean_rows(set_consistency_per_position(images, references)), images, seconds
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -219,3 +219,10 @@ class M2MPipeline(DiffusionPipeline):
             raise ValueError(f"output_type must be 'pil' or 'pt', got {output_type!r}")
         self.maybe_free_model_hooks()
         return M2MPipelineOutput(images=images_out) if return_dict else (images_out,)
+
+
+def load_on(folder, device: str, **kwargs) -> M2MPipeline:
+    """A saved pipeline on ``device``; on a CPU in float32, where float16 weights (e.g. the shipped tiny
+    models of ``models/``) cannot run. Other devices keep the saved dtype."""
+    dtype = torch.float32 if device == "cpu" else None
+    return M2MPipeline.from_pretrained(folder, dtype=dtype, **kwargs).to(device)

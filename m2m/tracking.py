@@ -234,7 +234,7 @@ class M2MPyfuncModel:
 
 
 def _load_pyfunc(data_path: str) -> M2MPyfuncModel:
-    """mlflow's entry point for ``loader_module``: the logged folder back as a pyfunc model."""
-    from m2m.pipeline import M2MPipeline
+    """mlflow's entry point for ``loader_module``: the logged folder back as a pyfunc model (on CPU)."""
+    from m2m.pipeline import load_on
 
-    return M2MPyfuncModel(M2MPipeline.from_pretrained(data_path, local_files_only=True))
+    return M2MPyfuncModel(load_on(data_path, "cpu", local_files_only=True))

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from m2m.models.build import add_condition, build_pipeline
-from m2m.pipeline import M2MPipeline, cfg_eq6, cfg_eq7
+from m2m.pipeline import M2MPipeline, cfg_eq6, cfg_eq7, load_on
 from tests.models.conftest import randomize_image_set_attention
 
 
@@ -60,6 +60,15 @@ def test_default_guidance_scale_is_saved_with_the_model(tmp_path, images):
     loaded = M2MPipeline.from_pretrained(tmp_path)
     assert loaded.config.guidance_scale == 3.0
     assert torch.equal(sample(loaded, images), sample(loaded, images, guidance_scale=3.0))
+
+
+def test_float16_weights_load_in_float32_on_cpu(tmp_path, images):
+    pipe = build_pipeline("tiny", "dino")
+    pipe.to(torch.float16).save_pretrained(tmp_path)
+    loaded = load_on(tmp_path, "cpu")
+    assert {p.dtype for p in loaded.unet.parameters()} == {torch.float32}
+    assert {p.dtype for p in loaded.image_encoder.parameters()} == {torch.float32}
+    assert torch.isfinite(sample(loaded, images, num_images=1)).all()
 
 
 def test_guidance_arithmetic():

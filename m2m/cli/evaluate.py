@@ -55,13 +55,11 @@ def register(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
     from m2m.device import pick_device
     from m2m.evaluation.evaluate import evaluate
     from m2m.evaluation.features import load_feature_networks
     from m2m.evaluation.image_sets import read_image_sets, read_mis_eval_sets
-    from m2m.pipeline import M2MPipeline
+    from m2m.pipeline import load_on
 
     for name in ("num_sets", "preceding", "generate", "steps", "batch_size"):
         if getattr(args, name) < 1:
@@ -71,8 +69,7 @@ def run(args: argparse.Namespace) -> int:
     device = pick_device(args.device)
     networks = load_feature_networks(args.metrics_backend, args.inception_weights, args.clip_folder)
     networks.to(device)
-    # fp16 weights (e.g. the shipped tiny models) run in fp32 on CPU
-    pipe = M2MPipeline.from_pretrained(args.model, dtype=torch.float32 if device == "cpu" else None).to(device)
+    pipe = load_on(args.model, device)
     if args.mis is not None:
         sets, counts = read_mis_eval_sets(args.mis, args.split, args.preceding, pipe.image_size, args.num_sets)
         data = {"source": "mis", "path": str(args.mis), "split": args.split}

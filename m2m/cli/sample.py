@@ -51,13 +51,12 @@ def run(args: argparse.Namespace) -> int:
 
     from m2m.device import pick_device
     from m2m.grid import image_grid
-    from m2m.pipeline import M2MPipeline, from_pil
+    from m2m.pipeline import from_pil, load_on
 
     if not (args.model / "model_index.json").exists():
         raise FileNotFoundError(f"{args.model}: not an M2M pipeline folder (no model_index.json)")
     device = pick_device(args.device)
-    # fp16 weights (e.g. the shipped tiny models) run in fp32 on CPU
-    pipe = M2MPipeline.from_pretrained(args.model, dtype=torch.float32 if device == "cpu" else None).to(device)
+    pipe = load_on(args.model, device)
     context = load_images(args.images, pipe.image_size)
     conditions = None
     if args.steps_of_procedure is not None:
