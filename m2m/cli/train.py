@@ -55,6 +55,11 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--init", type=Path, help="pipeline folder to start from (default: fresh from the preset)")
     p.add_argument("--task", choices=sorted(TASK_CONDITIONS), help="fine-tune for novel views or procedures")
     p.add_argument("--task-data", type=Path, help="task data folder (m2m make-task-data)")
+    p.add_argument(
+        "--task-sample", choices=["subset", "window"], default=d.task_sample,
+        help="a task item's N images: a random subset (default; the condition must tell which view/step "
+        "comes next) or consecutive ones from a random start",
+    )
     p.add_argument("--steps", type=int, help="optimizer steps (default: one epoch)")
     p.add_argument("--batch-size", type=int, help="sets per optimizer step over all processes (default: preset)")
     p.add_argument("--micro-batch-size", type=int, help="sets per process per forward pass (default: all)")

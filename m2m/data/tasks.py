@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-SAMPLES = ("random", "first")
+SAMPLES = ("subset", "window", "first")
 
 
 def load_image(path: Path, image_size: int | None = None) -> torch.Tensor:
@@ -57,10 +57,17 @@ def item_folders(root: str | Path) -> list[Path]:
 
 
 class TaskDataset(torch.utils.data.Dataset):
-    """Items of ``n_images`` consecutive images each: from a random start (``sample="random"``, training;
-    draws from torch's generator, so ``torch.manual_seed`` and DataLoader workers make it reproducible) or
-    from the first image (``sample="first"``, evaluation). Items with fewer images are skipped, counted
-    in ``skipped`` and named in a warning."""
+    """Items of ``n_images`` of an item's images each, drawn by ``sample``:
+
+    - ``"subset"`` (training): distinct images at random; in random order where the order carries no
+      meaning (views), in their own order where it does (procedure steps). The images are then no fixed
+      stride apart, so only the task condition tells the model which view or step comes next.
+    - ``"window"``: consecutive images from a random start.
+    - ``"first"`` (evaluation): consecutive images from the first one.
+
+    Random draws use torch's generator, so ``torch.manual_seed`` and DataLoader workers make them
+    reproducible. Items with fewer images are skipped, counted in ``skipped`` and named in a warning.
+    """
 
     def __init__(self, n_images: int, sample: str, image_size: int | None):
         if n_images < 1:
@@ -78,8 +85,18 @@ class TaskDataset(torch.utils.data.Dataset):
         return False
 
     def _start(self, count: int, wrap: bool) -> int:
-        """Index of the window's first image; with ``wrap`` the window may run past the end (orbits)."""
+        """Index of a window's first image; with ``wrap`` the window may run past the end (orbits)."""
         if self.sample == "first":
             return 0
         choices = count if wrap else count - self.n_images + 1
         return int(torch.randint(choices, (1,)))
+
+    def _choose(self, count: int, ordered: bool) -> list[int]:
+        """Indices of the ``n_images`` images of one item of ``count``. ``ordered``: the images keep their
+        order (procedures) and windows do not wrap; else windows wrap round (orbits) and subsets are
+        shuffled."""
+        if self.sample == "subset":
+            chosen = torch.randperm(count)[: self.n_images].tolist()
+            return sorted(chosen) if ordered else chosen
+        start = self._start(count, wrap=not ordered)
+        return [(start + k) % count for k in range(self.n_images)]

@@ -171,10 +171,11 @@ def view_files(folder: Path) -> list[Path]:
 
 
 class NVSDataset(TaskDataset):
-    """Objaverse-style objects as items of ``n_images`` consecutive views along the orbit (wrapping past the
-    last view), with ``cond`` the views' flattened 3x4 camera-to-world matrices ``(N, 12)``."""
+    """Objaverse-style objects as items of ``n_images`` views (``sample``: a random subset in random order,
+    a window along the orbit that wraps past the last view, or the first views), with ``cond`` the views'
+    flattened 3x4 camera-to-world matrices ``(N, 12)``."""
 
-    def __init__(self, root: str | Path, n_images: int = 5, sample: str = "random", image_size: int | None = None):
+    def __init__(self, root: str | Path, n_images: int = 5, sample: str = "subset", image_size: int | None = None):
         super().__init__(n_images, sample, image_size)
         self.items: list[tuple[str, list[Path], np.ndarray]] = []
         for folder in item_folders(root):
@@ -191,8 +192,7 @@ class NVSDataset(TaskDataset):
 
     def __getitem__(self, index: int) -> dict:
         object_id, views, cameras = self.items[index]
-        start = self._start(len(views), wrap=True)
-        chosen = [(start + k) % len(views) for k in range(self.n_images)]
+        chosen = self._choose(len(views), ordered=False)
         return {
             "images": torch.stack([load_image(views[i], self.image_size) for i in chosen]),
             "cond": torch.from_numpy(cameras[chosen].reshape(len(chosen), 12)),

@@ -146,10 +146,10 @@ def read_method(folder: Path) -> tuple[list[Path], list[int]]:
 
 
 class ProcedureDataset(TaskDataset):
-    """VGSI-style methods as items of ``n_images`` consecutive steps, with ``cond`` their 1-based step
-    indices ``(N,)`` (long)."""
+    """VGSI-style methods as items of ``n_images`` steps in order (``sample``: a random subset, a window of
+    consecutive steps or the first steps), with ``cond`` their 1-based step indices ``(N,)`` (long)."""
 
-    def __init__(self, root: str | Path, n_images: int = 5, sample: str = "random", image_size: int | None = None):
+    def __init__(self, root: str | Path, n_images: int = 5, sample: str = "subset", image_size: int | None = None):
         super().__init__(n_images, sample, image_size)
         self.items: list[tuple[str, list[Path], list[int]]] = []
         for folder in item_folders(root):
@@ -164,8 +164,7 @@ class ProcedureDataset(TaskDataset):
 
     def __getitem__(self, index: int) -> dict:
         method_id, images, indices = self.items[index]
-        start = self._start(len(images), wrap=False)
-        chosen = range(start, start + self.n_images)
+        chosen = self._choose(len(images), ordered=True)
         return {
             "images": torch.stack([load_image(images[i], self.image_size) for i in chosen]),
             "cond": torch.tensor([indices[i] for i in chosen], dtype=torch.long),

@@ -40,6 +40,7 @@ class TrainConfig:
     init: Path | None = None  # a pipeline folder to start from; None: fresh from the preset
     task: str | None = None  # "nvs" | "procedure": fine-tune with a task condition (section 6.2)
     task_data: Path | None = None
+    task_sample: str = "subset"  # how a task item's N images are drawn (m2m.data.tasks.SAMPLES)
     steps: int | None = None  # optimizer steps; None: one epoch
     batch_size: int | None = None  # sets per optimizer step over all processes
     micro_batch_size: int | None = None  # sets per process per forward; None: batch_size / processes
@@ -105,6 +106,7 @@ class TrainConfig:
         need(self.variant in VARIANTS, "variant", f"must be one of {', '.join(VARIANTS)}")
         need(self.task is None or self.task in TASK_CONDITIONS, "task", f"must be one of {', '.join(TASK_CONDITIONS)}")
         need(self.task is None or self.task_data is not None, "task_data", f"is required with --task {self.task}")
+        need(self.task_sample in ("subset", "window"), "task_sample", "must be subset or window")
         need(self.task is not None or self.data is not None, "data", "an MIS dataset folder is required")
         need(self.steps is None or self.steps >= 1, "steps", "must be at least 1")
         need(self.n_images >= 2, "n_images", "must be at least 2 (image 1 has no preceding image to attend to)")

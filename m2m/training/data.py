@@ -106,7 +106,7 @@ def _task_dataset(cfg: TrainConfig, n_images: int, sample: str, image_size: int)
 def training_data(cfg: TrainConfig, image_size: int, rank: int, world_size: int):
     """(endless resumable batches of ``micro_batch_size`` sets, optimizer steps in one epoch)."""
     if cfg.task is not None:
-        dataset = _task_dataset(cfg, cfg.n_images, "random", image_size)
+        dataset = _task_dataset(cfg, cfg.n_images, cfg.task_sample, image_size)
         batches = TaskBatches(dataset, cfg.micro_batch_size, cfg.seed, rank, world_size, cfg.num_workers)
         return batches, math.ceil(len(dataset) / cfg.batch_size)
     from m2m.data.loader import mis_loader

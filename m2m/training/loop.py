@@ -28,8 +28,8 @@ logger = get_logger(__name__)
 
 # Settings a resumed run must share with its checkpoint (others, such as --steps, may change).
 RESUME_SETTINGS = (
-    "preset", "variant", "init", "task", "data", "task_data", "n_images", "batch_size", "micro_batch_size",
-    "lr", "weight_decay", "p_uncond", "p_drop_condition", "ema", "ema_decay", "seed",
+    "preset", "variant", "init", "task", "data", "task_data", "task_sample", "n_images", "batch_size",
+    "micro_batch_size", "lr", "weight_decay", "p_uncond", "p_drop_condition", "ema", "ema_decay", "seed",
 )
 
 

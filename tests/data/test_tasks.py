@@ -1,4 +1,4 @@
-"""What the task readers share: image loading, atomic PNGs, item folders, the ordered window."""
+"""What the task readers share: image loading, atomic PNGs, item folders, how an item's images are drawn."""
 
 import numpy as np
 import pytest
@@ -47,13 +47,36 @@ def test_item_folders_sorted_and_errors(tmp_path):
 def test_window_start_first_random_and_reproducible():
     first = TaskDataset(3, "first", None)
     assert first._start(12, wrap=True) == 0
-    random = TaskDataset(3, "random", None)
+    random = TaskDataset(3, "window", None)
     torch.manual_seed(0)
     starts = [random._start(5, wrap=False) for _ in range(200)]
     assert set(starts) == {0, 1, 2}
     torch.manual_seed(0)
     assert [random._start(5, wrap=False) for _ in range(200)] == starts
     assert set(random._start(5, wrap=True) for _ in range(200)) == {0, 1, 2, 3, 4}
+
+
+def test_windows_are_consecutive_and_wrap_only_when_unordered():
+    window = TaskDataset(3, "window", None)
+    torch.manual_seed(0)
+    wrapped = {tuple(window._choose(4, ordered=False)) for _ in range(200)}
+    assert wrapped == {(0, 1, 2), (1, 2, 3), (2, 3, 0), (3, 0, 1)}
+    assert {tuple(window._choose(4, ordered=True)) for _ in range(200)} == {(0, 1, 2), (1, 2, 3)}
+    assert TaskDataset(3, "first", None)._choose(4, ordered=False) == [0, 1, 2]
+
+
+def test_subsets_are_distinct_images_shuffled_unless_ordered():
+    subset = TaskDataset(3, "subset", None)
+    torch.manual_seed(0)
+    shuffled = [tuple(subset._choose(6, ordered=False)) for _ in range(2000)]
+    assert all(len(set(c)) == 3 and set(c) <= set(range(6)) for c in shuffled)
+    assert any(list(c) != sorted(c) for c in shuffled)  # any order, e.g. a later view first
+    assert len(set(shuffled)) == 6 * 5 * 4  # every ordered triple of 6 images occurs
+    ordered = [tuple(subset._choose(6, ordered=True)) for _ in range(300)]
+    assert all(list(c) == sorted(c) for c in ordered)
+    assert len(set(ordered)) == 20  # every 3 of 6, gaps included
+    torch.manual_seed(0)
+    assert [tuple(subset._choose(6, ordered=False)) for _ in range(2000)] == shuffled
 
 
 def test_window_arguments_are_checked():

@@ -77,11 +77,23 @@ def test_reader_items(fixture_root):
 
 
 def test_random_windows_wrap_round_the_orbit(fixture_root):
-    dataset = NVSDataset(fixture_root, n_images=12, sample="random")
+    dataset = NVSDataset(fixture_root, n_images=12, sample="window")
     torch.manual_seed(1)
     azimuths = [camera_azimuth(c) for c in dataset[0]["cond"].numpy()]
     steps = np.diff(azimuths) % 360
     assert steps == pytest.approx(np.full(11, 30.0))
+
+
+def test_random_subsets_pair_each_view_with_its_camera(fixture_root):
+    views = NVSDataset(fixture_root, n_images=12, sample="first")[0]
+    dataset = NVSDataset(fixture_root, n_images=4)  # training's default: any 4 views, in any order
+    torch.manual_seed(0)
+    for _ in range(5):
+        item = dataset[0]
+        chosen = [round(camera_azimuth(c) / 30) % 12 for c in item["cond"].numpy()]
+        assert len(set(chosen)) == 4
+        assert torch.equal(item["images"], views["images"][chosen])
+        assert torch.equal(item["cond"], views["cond"][chosen])
 
 
 def test_cameras_npy_3x4_reads_like_json(fixture_root):

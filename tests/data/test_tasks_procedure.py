@@ -57,9 +57,16 @@ def test_reader_items(fixture_root):
     assert item["images"].shape == (4, 3, 18, 18)
     assert item["cond"].dtype == torch.long and item["cond"].tolist() == [1, 2, 3, 4]
     torch.manual_seed(0)
-    dataset = ProcedureDataset(fixture_root, n_images=4)
+    dataset = ProcedureDataset(fixture_root, n_images=4, sample="window")
     windows = {tuple(dataset[0]["cond"].tolist()) for _ in range(50)}
     assert windows == {(1, 2, 3, 4), (2, 3, 4, 5), (3, 4, 5, 6)}
+    subsets = ProcedureDataset(fixture_root, n_images=4)  # training's default: any 4 steps, in order
+    drawn = [subsets[0] for _ in range(100)]
+    assert {tuple(item["cond"].tolist()) for item in drawn} >= {(1, 2, 4, 6), (1, 3, 5, 6)}
+    assert all(item["cond"].tolist() == sorted(item["cond"].tolist()) for item in drawn)
+    first_steps = ProcedureDataset(fixture_root, n_images=6, sample="first")[0]
+    for item in drawn[:5]:  # each image is the step its condition names
+        assert torch.equal(item["images"], first_steps["images"][item["cond"] - 1])
 
 
 def _edit(path, change):

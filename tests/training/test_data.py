@@ -28,3 +28,14 @@ def test_task_batches_are_resumable_and_split_across_processes():
     ranks = [take(data.TaskBatches(Items(), batch_size=2, seed=0, rank=r, world_size=2), 2) for r in (0, 1)]
     interleaved = [ranks[0][0], ranks[1][0], ranks[0][1], ranks[1][1]]
     assert all(torch.equal(a["index"], b["index"]) for a, b in zip(straight, interleaved))
+
+
+def test_task_items_are_drawn_as_configured(tmp_path):
+    from m2m.data.tasks_procedure import write_procedure_fixture
+    from m2m.training.config import TrainConfig
+
+    write_procedure_fixture(tmp_path, 2, image_size=18)
+    for sample in ("subset", "window"):
+        cfg = TrainConfig(data=None, task="procedure", task_data=tmp_path, task_sample=sample).resolved()
+        batches, _ = data.training_data(cfg, 18, rank=0, world_size=1)
+        assert batches.dataset.dataset.sample == sample
