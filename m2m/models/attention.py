@@ -106,12 +106,16 @@ class ImageSetAttnProcessor(nn.Module):
     def reset_cache(self) -> None:
         self.cache_k = self.cache_v = self._window_kv = None
 
-    def _add_condition(self, hidden: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
-        """Self: ``z = z + E(c_C)`` on the hidden states before Image-Set Attention (section 6.2)."""
+    def _condition(self, cond: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor | None:
+        """The per-layer projection of ``E(c_C)`` ``(B, n, condition_dim)`` -> ``(B*n, 1, C)``, or None."""
         if self.cond_proj is None or cond is None:
-            return hidden
-        emb = self.cond_proj(cond.to(hidden.dtype)).reshape(-1, 1, hidden.shape[-1])  # (B*n, 1, C)
-        return hidden + emb
+            return None
+        return self.cond_proj(cond.to(like.dtype)).reshape(-1, 1, like.shape[-1])
+
+    def _add_condition(self, hidden: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
+        """``z = z + E(c_C)`` on the hidden states Image-Set Attention reads (section 6.2)."""
+        emb = self._condition(cond, hidden)
+        return hidden if emb is None else hidden + emb
 
     def _with_null(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Flatten ``(B, Nc, L, D)`` to ``(B, 1 + Nc*L, D)`` with the null token first."""
@@ -171,10 +175,14 @@ class ImageSetAttnProcessor(nn.Module):
         else:
             raise ValueError(f"unknown Image-Set Attention mode {s.mode!r}")
 
-        noisy = self._add_condition(noisy, s.cond_query)
+        target = self._condition(s.cond_query, noisy)  # each noisy image's own condition: which view/step
+        if target is not None:
+            noisy = noisy + target
         q = attn.to_q(noisy).unflatten(0, (batch, -1))  # (B, Nq, L, D)
         out = image_set_attention(q, k, v, s.visible, attn.heads, tokens).flatten(0, 1)
         out = attn.to_out[1](attn.to_out[0](out))
+        if target is not None:  # z = z + E(c_C) stays in the noisy images' hidden states (the residual)
+            out = out + target
         if s.mode == "joint":  # z' = [z_c; z_n']: the clean copy passes through unchanged
             out = torch.cat([torch.zeros_like(clean), out], 0)
         return out

@@ -91,6 +91,24 @@ def test_zero_initialised_condition_changes_nothing(sd_unet):
         assert torch.allclose(plain(noisy, 5, context=feats), cond(noisy, 5, context=feats, cond_query=emb, cond_context=emb))
 
 
+@pytest.mark.parametrize("variant", ["self", "dino"])
+def test_own_condition_reaches_an_image_with_nothing_before_it(sd_unet, variant):
+    """Image 1 sees only the null key/value, so its condition must act on its hidden states directly."""
+    model = M2MUNet.from_sd_unet(sd_unet, variant, context_dim=16, condition="procedure", condition_dim=8)
+    randomize_image_set_attention(model)
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for _, proc in model.image_set_layers():
+            proc.cond_proj.weight.copy_(torch.randn(proc.cond_proj.weight.shape, generator=gen) * 0.2)
+    noisy = torch.randn(1, 1, 3, 32, 32)
+    step_1, step_4 = (model.embed_condition(torch.tensor([[k]])) for k in (1, 4))
+    with torch.no_grad():
+        model.reset_cache()
+        first, fourth = model(noisy, 5, cond_query=step_1), model(noisy, 5, cond_query=step_4)
+        assert (first - fourth).abs().max() > 1e-3
+        assert torch.equal(first, model(noisy, 5, cond_query=step_1))
+
+
 def test_bad_inputs(sd_unet, tmp_path):
     with pytest.raises(FileNotFoundError, match="no UNet config.json"):
         load_sd_unet(tmp_path)
