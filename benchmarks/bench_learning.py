@@ -12,9 +12,8 @@ exactly whether a model continues a set (chance: about 0.16 for a uniform guess)
    eq. 6 leaves the unconditional ε(z_t, 0, t)), and chance; then against the guidance scale s, against
    K = 1..4 (section 8.2) and along a long generated sequence of ``--long`` images with W = 4 (does quality
    decay? section 9).
-4. Each pre-trained model fine-tuned (section 6.2) on the novel-view and procedure fixtures for
-   ``--task-minutes``, scored by the task consistency with its condition, with the condition ignored
-   (s_C = 0 in eq. 7), without fine-tuning, and by chance.
+
+Task fine-tuning of these models (section 6.2) is ``benchmarks/bench_tasks.py``.
 
 Writes ``benchmarks/results/learning.json``, ``learning_<variant>.png`` (preceding | trained | init |
 context zeroed), ``learning_curves.png`` and the "Proof of learning" section of ``benchmarks/RESULTS.md``.
@@ -36,8 +35,9 @@ from pathlib import Path
 import torch
 
 from learning.common import PRECEDING, export_fp16, load, mean_rows, pair_chance, train_for
-from learning.report import ATTRIBUTES, RESULTS, labelled_grid, plot_curves, save_atomic, section, write_section
-from learning.tasks import task_study
+from learning.report import (
+    ATTRIBUTES, RESULTS, labelled_grid, plot_curves, run_header, save_atomic, save_json, section, write_section,
+)
 
 TEST_PERCENT = 20
 VARIANT_NAMES = {"self": "M2M-Self", "dino": "M2M-DINO"}
@@ -127,7 +127,6 @@ def learning_study(variant: str, mis: Path, work: Path, args) -> dict:
         "by_preceding": {str(k): by_k[k] for k in sorted(by_k)},
         "by_position": [row["score"] for row in along],
         "picture": picture.name,
-        "tasks": task_study(variant, config.out, work, args) if args.task_minutes > 0 else {},
         "seconds": time.perf_counter() - start,
     }
 
@@ -161,15 +160,10 @@ A stand-in for checking the code end to end, not a model of natural images.
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--minutes", type=float, default=15.0, help="pre-training budget per variant (<= 15)")
-    parser.add_argument(
-        "--task-minutes", type=float, default=1.5, help="fine-tuning budget per task and variant (0: no task study)"
-    )
     parser.add_argument("--variants", nargs="+", choices=list(VARIANT_NAMES), default=["self", "dino"])
-    parser.add_argument("--sets", type=int, default=32, help="held-out sets (and task items) scored")
+    parser.add_argument("--sets", type=int, default=32, help="held-out sets scored")
     parser.add_argument("--generate", type=int, default=4, help="images generated per set for the comparisons")
     parser.add_argument("--long", type=int, default=20, help="length of the long generated sequence")
-    parser.add_argument("--task-items", type=int, default=64, help="objects / methods in each task's training fixture")
-    parser.add_argument("--task-generate", type=int, default=4, help="novel views generated per object")
     parser.add_argument("--steps", type=int, default=20, help="DDIM steps")
     parser.add_argument(
         "--guidance-scale", type=float, default=None, help="s of eq. 6 (s_I of eq. 7); default: the model's own"
@@ -183,10 +177,10 @@ def parse_args(argv):
     )
     parser.add_argument("--export", type=Path, help="also save the pre-trained models here in float16, with a card")
     args = parser.parse_args(argv)
-    if not 0 < args.minutes <= 15 or not 0 <= args.task_minutes <= 15:
-        parser.error("--minutes must be in (0, 15] and --task-minutes in [0, 15]")
-    if args.sets < 2 or args.generate < 1 or args.long < 1 or args.task_generate < 1:
-        parser.error("--sets must be >= 2; --generate, --long and --task-generate >= 1")
+    if not 0 < args.minutes <= 15:
+        parser.error("--minutes must be in (0, 15]")
+    if args.sets < 2 or args.generate < 1 or args.long < 1:
+        parser.error("--sets must be >= 2; --generate and --long >= 1")
     return args
 
 
@@ -202,18 +196,13 @@ def main(argv: list[str] | None = None) -> int:
     studies = [learning_study(variant, mis, args.work, args) for variant in args.variants]
     plot_curves(studies)
     report = {
-        "settings": {**{k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-                     "argv": " ".join(sys.argv[1:] if argv is None else argv)},
-        "machine": f"CPU ({os.cpu_count()} cores), {torch.get_num_threads()} torch thread(s)",
+        **run_header(args, argv),
         "guidance_scale": studies[0]["guidance_scale"],
         "mis": manifest["split"],
         "studies": studies,
         "minutes_total": (time.perf_counter() - start) / 60,
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    tmp = RESULTS / ".tmp-learning.json"
-    tmp.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, RESULTS / "learning.json")
+    save_json(report, "learning.json")
     write_section(section(report))
     if args.export:
         for variant, study in zip(args.variants, studies, strict=True):

@@ -85,6 +85,26 @@ def plot_curves(studies: list[dict]) -> Path:
     return path
 
 
+def run_header(args, argv: list[str] | None) -> dict:
+    """What every results JSON starts with: the settings (``argv`` as typed) and the machine."""
+    import sys
+
+    settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    settings["argv"] = " ".join(sys.argv[1:] if argv is None else argv)
+    return {"settings": settings, "machine": f"CPU ({os.cpu_count()} cores), {torch.get_num_threads()} torch thread(s)"}
+
+
+def save_json(report: dict, name: str) -> Path:
+    """Write ``results/<name>`` atomically."""
+    import json
+
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path, tmp = RESULTS / name, RESULTS / f".tmp-{name}"
+    tmp.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
 def table(rows: dict[str, dict], keys: list[str], first: str) -> list[str]:
     lines = [f"| {first} | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
     return lines + [f"| {name} | " + " | ".join(f"{row[k]:.2f}" for k in keys) + " |" for name, row in rows.items()]
@@ -136,11 +156,6 @@ def study_lines(study: dict, sets: int) -> list[str]:
         f"![{study['variant']}: preceding | trained | untrained init | context zeroed](results/{study['picture']})",
         "",
     ]
-    for task, result in study["tasks"].items():
-        keys = [k for k in result["chance"] if k != "score"] + ["score"]
-        rows = {name: value for name, value in result.items() if name != "steps"}
-        name = "Novel views: views 1..M from view 0" if task == "nvs" else "Procedures: steps 3..6 from steps 1..2"
-        lines += [f"{name}, fine-tuned {result['steps']} steps:", "", *table(rows, keys, "model"), ""]
     return lines
 
 
@@ -166,14 +181,14 @@ def section(report: dict) -> str:
     return "\n".join(lines)
 
 
-def write_section(text: str) -> None:
-    """Replace (or add) the "Proof of learning" section of RESULTS.md, leaving other sections alone."""
+def write_section(text: str, heading: str = SECTION) -> None:
+    """Replace (or add) the section under ``heading`` of RESULTS.md, leaving other sections alone."""
     old = RESULTS_MD.read_text(encoding="utf-8") if RESULTS_MD.is_file() else ""
-    start = old.find(SECTION + "\n")
+    start = old.find(heading + "\n")
     if start < 0:
         new = (old.rstrip("\n") + "\n\n" if old.strip() else "") + text
     else:
-        end = old.find("\n## ", start + len(SECTION))
+        end = old.find("\n## ", start + len(heading))
         new = old[:start] + text + (old[end + 1 :] if end >= 0 else "")
     tmp = RESULTS_MD.with_name(f".tmp-{RESULTS_MD.name}")
     tmp.write_text(new.rstrip("\n") + "\n", encoding="utf-8")
