@@ -11,8 +11,9 @@ degrees of the asked camera), procedures by palette, shape and fill level (progr
    generated one after another (sequence) and each from the real context alone (jump), with the condition
    (s_C = 1 in eq. 7) and with it ignored (s_C = 0), next to the model before fine-tuning and chance.
 
-Writes ``benchmarks/results/tasks.json``, ``tasks_<variant>_<task>.png`` (context | jump with the
-condition | jump without | the true targets) and the "Task fine-tuning" section of ``benchmarks/RESULTS.md``.
+Writes ``benchmarks/results/tasks_<M>min.json``, ``tasks_<M>min_<variant>_<task>.png`` (context | jump with the
+condition | jump without | the true targets) and the "Task fine-tuning, M minutes per task" section of
+``benchmarks/RESULTS.md``: runs with other budgets keep their own results.
 
     python benchmarks/bench_tasks.py                          # about 35 minutes on 2 CPU cores
     python benchmarks/bench_tasks.py --variants dino --tasks procedure --minutes 3   # a quicker look
@@ -32,11 +33,19 @@ from learning.common import load, train_for
 from learning.report import RESULTS, labelled_grid, run_header, save_atomic, save_json, table, write_section
 from learning.tasks import PROTOCOLS, TASKS, chance, continue_items, fixtures, heldout_items, score
 
-SECTION = "## Task fine-tuning"
 CLEAR_MARGIN = 0.10  # points of the condition's attribute, jump with vs without the condition
 VARIANT_NAMES = {"self": "M2M-Self", "dino": "M2M-DINO"}
 TASK_NAMES = {"nvs": "Novel views (views 1, 3, 6, 9 from view 0)", "procedure": "Procedures (steps 3-6 from steps 1-2)"}
 WITH, WITHOUT, BEFORE = "fine-tuned, condition (s_C = 1)", "fine-tuned, condition ignored (s_C = 0)", "not fine-tuned"
+
+
+def stem(minutes: float) -> str:
+    """Results of a run are named by its budget, so that runs with other budgets keep theirs."""
+    return f"tasks_{minutes:g}min"
+
+
+def heading(minutes: float) -> str:
+    return f"## Task fine-tuning, {minutes:g} minutes per task"
 
 
 def task_study(variant: str, task: str, args) -> dict:
@@ -61,7 +70,7 @@ def task_study(variant: str, task: str, args) -> dict:
             rows[name] = score(task, generated[protocol, name], images, cond, attributes, targets)
         rows["chance"] = chance(task, attributes)
         result[protocol] = rows
-    picture = RESULTS / f"tasks_{variant}_{task}.png"
+    picture = RESULTS / f"{stem(args.minutes)}_{variant}_{task}.png"
     columns = {
         "context": (images[:6, :k] + 1) / 2,
         "jump, s_C = 1": generated["jump", WITH][:6],
@@ -80,10 +89,10 @@ def follows(result: dict, task: str) -> float:
 
 
 def section(report: dict) -> str:
-    """The "Task fine-tuning" section of RESULTS.md."""
+    """The "Task fine-tuning" section of RESULTS.md for one run."""
     a = report["settings"]
     lines = [
-        SECTION,
+        heading(a["minutes"]),
         "",
         f"`{' '.join(['python benchmarks/bench_tasks.py', a['argv']]).strip()}` on {report['machine']} "
         f"({report['minutes_total']:.0f} min "
@@ -156,8 +165,8 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     studies = {v: {t: task_study(v, t, args) for t in args.tasks} for v in args.variants}
     report = {**run_header(args, argv), "studies": studies, "minutes_total": (time.perf_counter() - start) / 60}
-    save_json(report, "tasks.json")
-    write_section(section(report), SECTION)
+    save_json(report, f"{stem(args.minutes)}.json")
+    write_section(section(report), heading(args.minutes))
     for variant, tasks in studies.items():
         for task, result in tasks.items():
             attribute = TASKS[task][2]
