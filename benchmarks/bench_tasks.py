@@ -32,16 +32,27 @@ import torch
 from learning.common import load, train_for
 from learning.report import RESULTS, labelled_grid, run_header, save_atomic, save_json, table, write_section
 from learning.tasks import PROTOCOLS, TASKS, chance, continue_items, fixtures, heldout_items, score
+from m2m.training.config import TASK_SAMPLES
 
 CLEAR_MARGIN = 0.10  # points of the condition's attribute, jump with vs without the condition
 VARIANT_NAMES = {"self": "M2M-Self", "dino": "M2M-DINO"}
-TASK_NAMES = {"nvs": "Novel views (views 1, 3, 6, 9 from view 0)", "procedure": "Procedures (steps 3-6 from steps 1-2)"}
 WITH, WITHOUT, BEFORE = "fine-tuned, condition (s_C = 1)", "fine-tuned, condition ignored (s_C = 0)", "not fine-tuned"
 
 
 def stem(minutes: float) -> str:
     """Results of a run are named by its budget, so that runs with other budgets keep theirs."""
     return f"tasks_{minutes:g}min"
+
+
+def task_name(task: str) -> str:
+    """What a task's protocols generate, from ``TASKS`` (views are numbered from 0, steps from 1)."""
+    k, targets, _ = TASKS[task]
+    name, what, first = ("Novel views", "views", 0) if task == "nvs" else ("Procedures", "steps", 1)
+
+    def numbers(positions) -> str:
+        return ", ".join(str(first + p) for p in positions)
+
+    return f"{name} ({what} {numbers(targets)} from {what} {numbers(range(k))})"
 
 
 def heading(minutes: float) -> str:
@@ -118,7 +129,7 @@ def section(report: dict) -> str:
             t = result["train"]
             keys = [key for key in result["jump"]["chance"] if key != "score"] + ["score"]
             lines += [
-                f"{TASK_NAMES[task]}: fine-tuned {t['steps']} steps ({t['wall_time_s'] / 60:.1f} min, "
+                f"{task_name(task)}: fine-tuned {t['steps']} steps ({t['wall_time_s'] / 60:.1f} min, "
                 f"final loss {t['final_loss']:.4f}).",
                 "",
             ]
@@ -135,7 +146,7 @@ def parse_args(argv):
     parser.add_argument("--variants", nargs="+", choices=list(VARIANT_NAMES), default=list(VARIANT_NAMES))
     parser.add_argument("--tasks", nargs="+", choices=list(TASKS), default=list(TASKS))
     parser.add_argument("--minutes", type=float, default=5.0, help="fine-tuning budget per task and variant (<= 15)")
-    parser.add_argument("--task-sample", choices=["subset", "window"], default="subset", help="m2m train --task-sample")
+    parser.add_argument("--task-sample", choices=TASK_SAMPLES, default="subset", help="m2m train --task-sample")
     parser.add_argument("--n-images", type=int, default=3, help="images N of a fine-tuning item (m2m train --n-images)")
     parser.add_argument("--task-items", type=int, default=64, help="objects / methods in each training fixture")
     parser.add_argument("--sets", type=int, default=32, help="held-out objects / methods scored")

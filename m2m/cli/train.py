@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from m2m.models import presets
-from m2m.training.config import MIXED_PRECISION, PRESET_DEFAULTS, TASK_CONDITIONS, TrainConfig
+from m2m.training.config import MIXED_PRECISION, PRESET_DEFAULTS, TASK_CONDITIONS, TASK_SAMPLES, TrainConfig
 
 
 def _flag(name: str, value) -> str:
@@ -56,7 +56,7 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--task", choices=sorted(TASK_CONDITIONS), help="fine-tune for novel views or procedures")
     p.add_argument("--task-data", type=Path, help="task data folder (m2m make-task-data)")
     p.add_argument(
-        "--task-sample", choices=["subset", "window"], default=d.task_sample,
+        "--task-sample", choices=TASK_SAMPLES, default=d.task_sample,
         help="a task item's N images: a random subset (default; the condition must tell which view/step "
         "comes next) or consecutive ones from a random start",
     )

@@ -17,6 +17,8 @@ from m2m.models import presets
 # Task of section 6.2 -> the task condition it adds to the model.
 TASK_CONDITIONS = {"nvs": "camera", "procedure": "procedure"}
 MIXED_PRECISION = ("no", "fp16", "bf16")
+# How a fine-tuning item's N images are drawn (m2m.data.tasks.TaskDataset's samples used in training).
+TASK_SAMPLES = ("subset", "window")
 
 # Appendix A: lr 1e-5, no warm-up, batch 256 across GPUs. The tiny preset is a random network at 32x32
 # trained from scratch; in a 200-step check (batch 8, N = 5) 1e-4 lagged (last-20-step loss 0.28),
@@ -40,7 +42,7 @@ class TrainConfig:
     init: Path | None = None  # a pipeline folder to start from; None: fresh from the preset
     task: str | None = None  # "nvs" | "procedure": fine-tune with a task condition (section 6.2)
     task_data: Path | None = None
-    task_sample: str = "subset"  # how a task item's N images are drawn (m2m.data.tasks.SAMPLES)
+    task_sample: str = "subset"  # one of TASK_SAMPLES
     steps: int | None = None  # optimizer steps; None: one epoch
     batch_size: int | None = None  # sets per optimizer step over all processes
     micro_batch_size: int | None = None  # sets per process per forward; None: batch_size / processes
@@ -106,7 +108,7 @@ class TrainConfig:
         need(self.variant in VARIANTS, "variant", f"must be one of {', '.join(VARIANTS)}")
         need(self.task is None or self.task in TASK_CONDITIONS, "task", f"must be one of {', '.join(TASK_CONDITIONS)}")
         need(self.task is None or self.task_data is not None, "task_data", f"is required with --task {self.task}")
-        need(self.task_sample in ("subset", "window"), "task_sample", "must be subset or window")
+        need(self.task_sample in TASK_SAMPLES, "task_sample", f"must be one of {', '.join(TASK_SAMPLES)}")
         need(self.task is not None or self.data is not None, "data", "an MIS dataset folder is required")
         need(self.steps is None or self.steps >= 1, "steps", "must be at least 1")
         need(self.n_images >= 2, "n_images", "must be at least 2 (image 1 has no preceding image to attend to)")

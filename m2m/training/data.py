@@ -17,7 +17,7 @@ from m2m.training.config import TrainConfig
 
 
 class _Seeded(torch.utils.data.Dataset):
-    """Reads item ``index`` with torch's RNG seeded per draw, so random windows survive a resume."""
+    """Reads item ``index`` with torch's RNG seeded per draw, so the random images drawn survive a resume."""
 
     def __init__(self, dataset):
         self.dataset = dataset
