@@ -33,9 +33,10 @@ def train_for(config, minutes: float, reuse: bool = False) -> dict:
 
 
 def load(folder: Path):
-    from m2m.pipeline import M2MPipeline
+    """A saved pipeline on the CPU in float32 (the shipped float16 models included)."""
+    from m2m.pipeline import load_on
 
-    return M2MPipeline.from_pretrained(folder)
+    return load_on(folder, "cpu")
 
 
 def mean_rows(rows: list[dict], keys=None) -> dict:
