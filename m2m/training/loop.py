@@ -21,8 +21,9 @@ from accelerate.logging import get_logger
 
 from m2m.training import checkpoint
 from m2m.training.config import TrainConfig
-from m2m.training.data import heldout_sets, training_data
+from m2m.training.data import check_mis, data_digest, heldout_sets, training_data
 from m2m.training.objective import clean_context, m2m_loss
+from m2m.weights import verify_safetensors
 
 logger = get_logger(__name__)
 
@@ -44,6 +45,7 @@ def load_pipeline(cfg: TrainConfig):
     if cfg.init is not None:
         if not (Path(cfg.init) / "model_index.json").is_file():
             raise FileNotFoundError(f"{cfg.init}: not an M2M pipeline folder (model_index.json missing)")
+        verify_safetensors(cfg.init)
         pipe = M2MPipeline.from_pretrained(cfg.init, dtype=torch.float32)  # fp32 master weights
         if pipe.variant != cfg.variant:
             raise ValueError(f"--init {cfg.init}: an M2M-{pipe.variant} model, but --variant is {cfg.variant}")
@@ -112,6 +114,17 @@ def write_model_folder(
 # -- the loop ------------------------------------------------------------------------------------
 
 
+def check_skipped(cfg: TrainConfig, data, sets_used: int) -> None:
+    """Fail when more than ``--max-skipped`` of the sets read were skipped as unreadable (MIS only)."""
+    position = data.state_dict()
+    skipped = position.get("corrupt", 0) + position.get("read_errors", 0)
+    if skipped and skipped > cfg.max_skipped * (sets_used + skipped):
+        raise ValueError(
+            f"--data {cfg.data}: {skipped} of {sets_used + skipped} sets read were skipped as unreadable "
+            f"(more than --max-skipped {cfg.max_skipped:g}); the warnings above name the shards: rebuild them"
+        )
+
+
 @dataclass
 class Progress:
     """Where a run stands; saved in every checkpoint."""
@@ -123,9 +136,31 @@ class Progress:
     resumed_from: int | None = None
 
 
+def resumable(cfg: TrainConfig, settings: dict) -> Path | None:
+    """The checkpoint to resume from. ``--resume``: the latest (its settings must match, else an
+    error); ``--resume auto``: the newest whole checkpoint made with these settings and data, else none."""
+    if not cfg.resume:
+        return None
+    if cfg.resume != "auto":
+        return checkpoint.latest_checkpoint(cfg.checkpoints)
+    for folder in reversed(checkpoint.list_checkpoints(cfg.checkpoints)):
+        try:
+            verify_safetensors(folder)
+            saved = checkpoint.read_trainer_state(folder)["settings"]
+        except ValueError as err:
+            logger.warning(f"--resume auto: skipping {folder} ({err})")
+            continue
+        differ = checkpoint.differences(saved, settings)
+        if differ:
+            logger.info(f"--resume auto: {folder} was made with other settings ({differ[0]}); starting afresh")
+            return None
+        return folder
+    return None
+
+
 def resume(cfg: TrainConfig, accelerator, settings: dict, data, noise, ema, param_names) -> Progress:
-    """Restore the latest checkpoint when ``--resume`` finds one; else a fresh start."""
-    latest = checkpoint.latest_checkpoint(cfg.checkpoints) if cfg.resume else None
+    """Restore the checkpoint ``--resume`` picks; else a fresh start."""
+    latest = resumable(cfg, settings)
     if latest is None:
         if cfg.resume:
             logger.info(f"--resume: no checkpoint in {cfg.checkpoints}; starting at step 0")
@@ -143,9 +178,12 @@ def resume(cfg: TrainConfig, accelerator, settings: dict, data, noise, ema, para
     return Progress(saved["step"], saved["losses"], saved["elapsed_s"], saved["train_s"], saved["step"])
 
 
-def train_metrics(cfg: TrainConfig, accelerator, pipe, progress: Progress, epoch_steps: int, settings: dict) -> dict:
+def train_metrics(
+    cfg: TrainConfig, accelerator, pipe, progress: Progress, epoch_steps: int, settings: dict, data
+) -> dict:
     """``train_metrics.json``: loss, speed, size and the settings of the run."""
     losses, step, train_s = progress.losses, progress.step, progress.train_s
+    position = data.state_dict()
     tail = losses[-max(1, len(losses) // 10) :]
     images = step * cfg.batch_size * cfg.n_images
     return {
@@ -161,6 +199,8 @@ def train_metrics(cfg: TrainConfig, accelerator, pipe, progress: Progress, epoch
             "frozen": sum(p.numel() for m in (pipe.vae, pipe.image_encoder) if m is not None for p in m.parameters()),
         },
         "resumed_from": progress.resumed_from,
+        "skipped_samples": position.get("corrupt", 0),
+        "skipped_shard_parts": position.get("read_errors", 0),
         "device": str(accelerator.device),
         "num_processes": accelerator.num_processes,
         "gradient_accumulation": accelerator.gradient_accumulation_steps,
@@ -187,6 +227,9 @@ def train(config: TrainConfig) -> dict | None:
     accelerator.gradient_accumulation_steps = cfg.accumulation_steps(accelerator.num_processes)
     device, rank = accelerator.device, accelerator.process_index
 
+    if cfg.task is None and accelerator.is_main_process:
+        check_mis(cfg)  # every shard as the manifest recorded it, sets of at least N images
+    accelerator.wait_for_everyone()
     set_seed(cfg.seed)  # fixes the weights a task condition adds to a pre-trained model
     pipe = load_pipeline(cfg).to(device)
     unet = pipe.unet.train()
@@ -207,6 +250,7 @@ def train(config: TrainConfig) -> dict | None:
 
     settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(cfg).items() if k in RESUME_SETTINGS}
     settings["num_processes"] = accelerator.num_processes
+    settings["data_digest"] = data_digest(cfg)
     progress = resume(cfg, accelerator, settings, data, noise, ema, param_names)
     if progress.step > total:
         logger.info(f"the checkpoint is at step {progress.step}, past --steps {total}: nothing to train")
@@ -264,6 +308,7 @@ def train(config: TrainConfig) -> dict | None:
             )
             t_log, log_from = now, progress.step
         if cfg.checkpoint_every and (progress.step % cfg.checkpoint_every == 0 or progress.step == total):
+            check_skipped(cfg, data, progress.step * cfg.batch_size // accelerator.num_processes)
             state = {
                 "losses": progress.losses, "elapsed_s": progress.elapsed_s + time.perf_counter() - t_run,
                 "train_s": progress.train_s, "settings": settings,
@@ -277,6 +322,7 @@ def train(config: TrainConfig) -> dict | None:
     bar.close()
     progress.elapsed_s += time.perf_counter() - t_run
 
+    check_skipped(cfg, data, progress.step * cfg.batch_size // accelerator.num_processes)
     accelerator.wait_for_everyone()
     metrics = None
     if accelerator.is_main_process:
@@ -285,7 +331,7 @@ def train(config: TrainConfig) -> dict | None:
             ema.copy_to(unet.parameters())
         unet.eval()
         grid = sample_grid(pipe, cfg, *heldout)
-        metrics = train_metrics(cfg, accelerator, pipe, progress, epoch_steps, settings)
+        metrics = train_metrics(cfg, accelerator, pipe, progress, epoch_steps, settings, data)
         write_model_folder(cfg.out, pipe, metrics, progress.losses, grid)
         logger.info(f"wrote {cfg.out}: final loss {metrics['final_loss']}, {metrics['images_per_s'] or 0:.1f} img/s")
     accelerator.wait_for_everyone()
