@@ -15,6 +15,7 @@ import shlex
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import deque
 from pathlib import Path
@@ -22,6 +23,10 @@ from pathlib import Path
 # Progress bars redraw a line with "\r"; one redraw in this many seconds reaches the log.
 PROGRESS_EVERY_S = 10.0
 _ERROR_LINE = re.compile(r"\b(error|Error|ERROR)\b")
+
+
+# Set once the user interrupts the main command (Ctrl-C): no further command starts in this process.
+INTERRUPTED = threading.Event()
 
 
 class CommandFailed(RuntimeError):
@@ -64,6 +69,8 @@ def run_command(cmd: str, cwd: Path, env: dict[str, str], log) -> None:
     Raises :class:`CommandFailed` with the command's own error line when it exits non-zero; if the
     run is interrupted, the command is stopped with it.
     """
+    if INTERRUPTED.is_set():
+        raise CommandFailed("not started: the run was interrupted")
     log.info(f"$ {cmd}")
     try:
         argv = shlex.split(cmd)

@@ -20,6 +20,7 @@ from pathlib import Path
 import dagster as dg
 
 from orchestration import recovery
+from orchestration.command import INTERRUPTED
 from orchestration.definitions import defs as load_defs
 from orchestration.defs.jobs import PREPARE_JOB, SHARDS_JOB, TRAIN_JOB
 from orchestration.defs.promotion import promote_champion
@@ -49,6 +50,8 @@ def run_job(job: dg.JobDefinition, instance: dg.DagsterInstance, label: str, par
         run_config=RUN_CONFIG, instance=instance, partition_key=partition_key, raise_on_error=False,
         tags=recovery.owner_tags(),
     )
+    if INTERRUPTED.is_set():
+        raise KeyboardInterrupt
     for event in result.get_asset_materialization_events():
         metadata = event.materialization.metadata
         ran = metadata.get("ran")

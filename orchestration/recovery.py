@@ -77,7 +77,11 @@ def fail_mlflow_runs(dagster_run_ids: set[str], reason: str) -> list[str]:
     return failed
 
 
-def recover(instance: dg.DagsterInstance, root: Path, log=print) -> int:
+def _print(line: str) -> None:
+    print(line, flush=True)
+
+
+def recover(instance: dg.DagsterInstance, root: Path, log=_print) -> int:
     """Mark the runs of dead main commands failed, free their pool slots, fail their MLflow runs."""
     stale = stale_runs(instance)
     for run in stale:
