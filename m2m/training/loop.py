@@ -265,61 +265,63 @@ def train(config: TrainConfig) -> dict | None:
         total=total, initial=min(progress.step, total), unit="step", desc="train",
         disable=not accelerator.is_local_main_process,
     )
-    t_run = t_step = t_log = time.perf_counter()
-    micro_losses, log_from, batches = [], progress.step, iter(data)
-    while progress.step < total:
-        batch = next(batches)
-        images = batch["images"].to(device, non_blocking=True)
-        conditions = batch["cond"].to(device) if cfg.task is not None else None
-        with accelerator.accumulate(prepared):
-            with torch.no_grad(), accelerator.autocast():
-                context = clean_context(pipe, images)
-            loss = m2m_loss(
-                pipe, noise_scheduler, images, conditions, p_uncond=cfg.p_uncond,
-                p_drop_condition=cfg.p_drop_condition, generator=noise, precomputed=context, unet=prepared,
-            )
-            accelerator.backward(loss)
-            if accelerator.sync_gradients:
-                accelerator.clip_grad_norm_(prepared.parameters(), cfg.max_grad_norm)
-            optimizer.step()
-            lr_scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-        micro_losses.append(loss.detach())
-        if not accelerator.sync_gradients:  # accumulating: the optimizer step comes later
-            continue
+    try:
+        t_run = t_step = t_log = time.perf_counter()
+        micro_losses, log_from, batches = [], progress.step, iter(data)
+        while progress.step < total:
+            batch = next(batches)
+            images = batch["images"].to(device, non_blocking=True)
+            conditions = batch["cond"].to(device) if cfg.task is not None else None
+            with accelerator.accumulate(prepared):
+                with torch.no_grad(), accelerator.autocast():
+                    context = clean_context(pipe, images)
+                loss = m2m_loss(
+                    pipe, noise_scheduler, images, conditions, p_uncond=cfg.p_uncond,
+                    p_drop_condition=cfg.p_drop_condition, generator=noise, precomputed=context, unet=prepared,
+                )
+                accelerator.backward(loss)
+                if accelerator.sync_gradients:
+                    accelerator.clip_grad_norm_(prepared.parameters(), cfg.max_grad_norm)
+                optimizer.step()
+                lr_scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+            micro_losses.append(loss.detach())
+            if not accelerator.sync_gradients:  # accumulating: the optimizer step comes later
+                continue
 
-        if ema is not None:
-            ema.step(unet.parameters())
-        step_loss = accelerator.gather(torch.stack(micro_losses).mean().reshape(1)).mean().item()
-        micro_losses = []
-        progress.step += 1
-        if not math.isfinite(step_loss):
-            raise FloatingPointError(f"loss is {step_loss} at step {progress.step}; lower --lr (checkpoints are kept)")
-        progress.losses.append(step_loss)
-        now = time.perf_counter()
-        progress.train_s += now - t_step
-        bar.update(1)
-        bar.set_postfix(loss=f"{step_loss:.4f}", img_s=f"{images_per_step / (now - t_step):.1f}")
-        if progress.step % cfg.log_every == 0 or progress.step == total:
-            window = progress.losses[log_from:]
-            logger.info(
-                f"step {progress.step}/{total} loss {sum(window) / len(window):.4f} "
-                f"img/s {images_per_step * len(window) / (now - t_log):.1f} lr {lr_scheduler.get_last_lr()[0]:.2e}"
-            )
-            t_log, log_from = now, progress.step
-        if cfg.checkpoint_every and (progress.step % cfg.checkpoint_every == 0 or progress.step == total):
-            check_skipped(cfg, data, progress.step * cfg.batch_size // accelerator.num_processes)
-            state = {
-                "losses": progress.losses, "elapsed_s": progress.elapsed_s + time.perf_counter() - t_run,
-                "train_s": progress.train_s, "settings": settings,
-            }
-            saved = checkpoint.save_checkpoint(
-                accelerator, cfg.checkpoints, progress.step, state, data.state_dict(), noise, ema, param_names,
-                cfg.keep_checkpoints,
-            )
-            logger.info(f"checkpoint: {saved}")
-        t_step = time.perf_counter()
-    bar.close()
+            if ema is not None:
+                ema.step(unet.parameters())
+            step_loss = accelerator.gather(torch.stack(micro_losses).mean().reshape(1)).mean().item()
+            micro_losses = []
+            progress.step += 1
+            if not math.isfinite(step_loss):
+                raise FloatingPointError(f"loss is {step_loss} at step {progress.step}; lower --lr (checkpoints are kept)")
+            progress.losses.append(step_loss)
+            now = time.perf_counter()
+            progress.train_s += now - t_step
+            bar.update(1)
+            bar.set_postfix(loss=f"{step_loss:.4f}", img_s=f"{images_per_step / (now - t_step):.1f}")
+            if progress.step % cfg.log_every == 0 or progress.step == total:
+                window = progress.losses[log_from:]
+                logger.info(
+                    f"step {progress.step}/{total} loss {sum(window) / len(window):.4f} "
+                    f"img/s {images_per_step * len(window) / (now - t_log):.1f} lr {lr_scheduler.get_last_lr()[0]:.2e}"
+                )
+                t_log, log_from = now, progress.step
+            if cfg.checkpoint_every and (progress.step % cfg.checkpoint_every == 0 or progress.step == total):
+                check_skipped(cfg, data, progress.step * cfg.batch_size // accelerator.num_processes)
+                state = {
+                    "losses": progress.losses, "elapsed_s": progress.elapsed_s + time.perf_counter() - t_run,
+                    "train_s": progress.train_s, "settings": settings,
+                }
+                saved = checkpoint.save_checkpoint(
+                    accelerator, cfg.checkpoints, progress.step, state, data.state_dict(), noise, ema, param_names,
+                    cfg.keep_checkpoints,
+                )
+                logger.info(f"checkpoint: {saved}")
+            t_step = time.perf_counter()
+    finally:
+        bar.close()  # an error is printed on a line of its own, after the bar
     progress.elapsed_s += time.perf_counter() - t_run
 
     check_skipped(cfg, data, progress.step * cfg.batch_size // accelerator.num_processes)

@@ -23,8 +23,6 @@ from orchestration import recovery
 from orchestration.dvc_cli import Dvc
 from tests.orchestration.projects import REPO, TINY_TEST_PARAMS, make_project, merge, project_env
 
-pytestmark = pytest.mark.slow
-
 # Long enough to be killed in the middle of (6 steps, a checkpoint every 2).
 PARAMS = merge(TINY_TEST_PARAMS, {"pretrain": {"steps": 6, "checkpoint_every": 2}})
 
@@ -98,6 +96,7 @@ def uninterrupted(root: Path, stage: str, out: Path) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_a_killed_main_command_comes_back_by_itself(tmp_path):
     root = make_project(tmp_path / "project", PARAMS)
     (root / ".dagster").mkdir()
@@ -148,3 +147,14 @@ def test_a_killed_main_command_comes_back_by_itself(tmp_path):
         resumed, whole = load_file(root / "assets/models" / killed / part), load_file(reference / part)
         assert resumed.keys() == whole.keys()
         assert all(torch.equal(resumed[k], whole[k]) for k in whole), "resumed weights differ from an uninterrupted run"
+
+
+def test_a_run_is_stale_only_when_its_process_on_this_host_is_gone():
+    mine = recovery.owner_tags()
+    assert not recovery.owner_is_gone(mine)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    assert recovery.owner_is_gone({**mine, recovery.PID_TAG: str(dead.pid), recovery.START_TAG: ""})
+    assert recovery.owner_is_gone({**mine, recovery.START_TAG: "1"})  # same pid, another process
+    assert not recovery.owner_is_gone({**mine, recovery.HOST_TAG: "another-host", recovery.PID_TAG: str(dead.pid)})
+    assert not recovery.owner_is_gone({})  # runs started elsewhere (the UI) are the run monitor's
