@@ -50,6 +50,14 @@ def test_init_writes_a_loadable_untrained_model(tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m2m-dino-nvs"]
 
 
+def test_init_sd21_from_weight_folders(tiny_sd_folder, tiny_dino_folder, tmp_path):
+    out = tmp_path / "m2m-dino"
+    folders = ["--sd-folder", str(tiny_sd_folder), "--dino-folder", str(tiny_dino_folder)]
+    assert main(["init", "--preset", "sd21", "--variant", "dino", *folders, "--out", str(out)]) == 0
+    pipe = M2MPipeline.from_pretrained(out)
+    assert pipe.vae is not None and pipe.image_encoder is not None and pipe.config.guidance_scale == 7.5
+
+
 def test_init_then_train_then_resume(mis, tmp_path, capsys):
     init, out = tmp_path / "init", tmp_path / "m2m-dino"
     assert main(["init", "--variant", "dino", "--out", str(init)]) == 0
