@@ -35,7 +35,8 @@ Defaults per preset (sd21 follows the paper: AdamW, constant lr without warm-up,
 --batch-size counts sets per optimizer step over all processes; each process runs --micro-batch-size
 sets per forward pass and accumulates gradients over the rest.
 
-One process: `m2m train ...`. N GPUs: `accelerate launch --num_processes N -m m2m train ...`.
+One process: `m2m train ...`. N GPUs: `accelerate launch --multi_gpu --num_processes N -m m2m train ...`
+(without --multi_gpu Accelerate starts one process).
 
 Writes --out (the pipeline folder, train_metrics.json, loss.csv, samples.png) only when training is
 done, replacing any earlier model there as a whole. Checkpoints go to <out>.ckpt/ (--checkpoint-dir);
