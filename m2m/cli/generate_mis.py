@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from m2m.cli.flags import BooleanFlag
+
 HELP = "draw 25 images per caption into one webdataset shard (procedural or Stable Diffusion)"
 DESCRIPTION = """\
 MIS, the paper's dataset, pairs every caption with a set of images drawn from different seeds, so
@@ -48,10 +50,12 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--precompute",
-        action="store_true",
+        action=BooleanFlag,
         help="also store each set's VAE latents (VAE of --sd-folder) as latents.safetensors: training skips encoding",
     )
-    parser.add_argument("--dino-folder", help="with --precompute: also store DINOv2 features (local model folder)")
+    parser.add_argument(
+        "--dino-folder", help="with --precompute: also store DINOv2 features (local model folder); read only then"
+    )
     parser.add_argument("--dino-size", type=int, default=224, help="with --dino-folder: DINOv2 input size")
     return parser
 
@@ -85,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
         precompute = LatentPrecomputer(
             args.sd_folder, args.dino_folder, args.dino_size, batch_size=args.batch_size, device=args.device
         )
-    elif args.dino_folder:
+    elif args.dino_folder and args.precompute is None:
         raise ValueError("--dino-folder: only used with --precompute")
     sidecar, written = write_shard(
         args.captions,

@@ -200,9 +200,12 @@ def local_clip(folder: str | Path):
 def local_inception(weights: str | Path, output: str) -> nn.Module:
     """torchmetrics' Inception-v3 loaded from a local torch-fidelity weights file.
 
-    ``output`` is ``"2048"`` (pool features, for FID) or ``"logits_unbiased"`` (for IS).
+    ``output`` is ``"2048"`` (pool features, for FID) or ``"logits_unbiased"`` (for IS). ``weights`` is
+    the file or the folder that holds it under its release name.
     """
     weights = Path(weights)
+    if weights.is_dir():
+        weights = weights / INCEPTION_FILE
     if not weights.is_file():
         raise FileNotFoundError(
             f"{weights}: Inception weights not found; download {INCEPTION_URL} to this path "

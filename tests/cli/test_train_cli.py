@@ -141,3 +141,27 @@ def test_two_processes_train_data_parallel(mis, tmp_path):
     checkpoint = tmp_path / "m.ckpt" / "checkpoint-000002"
     per_process = {"data_0.json", "data_1.json", "noise_0.safetensors", "noise_1.safetensors", "random_states_1.pkl"}
     assert per_process <= {p.name for p in checkpoint.iterdir()}
+
+
+@pytest.mark.parametrize(
+    ("words", "expected"),
+    [
+        ([], (False, None)),
+        (["--gradient-checkpointing", "--ema"], (True, True)),
+        (["--gradient-checkpointing", "true", "--ema", "false"], (True, False)),
+        (["--no-gradient-checkpointing", "--no-ema"], (False, False)),
+    ],
+)
+def test_boolean_options_take_the_form_dvc_writes(words, expected):
+    from m2m.cli import build_parser
+
+    args = build_parser().parse_args(["train", "--out", "m", *words])
+    assert (args.gradient_checkpointing, args.ema) == expected
+
+
+def test_a_bad_boolean_is_one_line(capsys):
+    from m2m.cli import build_parser
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train", "--out", "m", "--ema", "maybe"])
+    assert "--ema: expected true or false, got 'maybe'" in capsys.readouterr().err

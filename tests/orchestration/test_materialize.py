@@ -84,10 +84,21 @@ def test_a_broken_param_value_fails_with_the_commands_error_and_changes_nothing(
 
 
 @pytest.mark.slow
-def test_sd21_without_weights_says_what_to_download_and_where(copy_of_chain):
+def test_sd21_without_weights_names_the_missing_folder(copy_of_chain):
     before = snapshot(copy_of_chain)
+    set_param(copy_of_chain, "preset", "sd21")
+    set_param(copy_of_chain, "weights.sd", "weights/stable-diffusion-2-1-base")
+    result = materialize(copy_of_chain, "m2m_self_pretrained")
+    assert failure_messages(result) == [
+        "m2m_self_pretrained: input weights/stable-diffusion-2-1-base does not exist "
+        "(dvc.yaml deps of m2m_self_pretrained)"
+    ]
+    assert snapshot(copy_of_chain) == before
+
+
+@pytest.mark.slow
+def test_sd21_with_the_tiny_weights_folder_says_what_to_download(copy_of_chain):
     set_param(copy_of_chain, "preset", "sd21")
     result = materialize(copy_of_chain, "m2m_self_pretrained")
     (message,) = failure_messages(result)
-    assert "weights/stable-diffusion-2-1-base" in message and "download" in message
-    assert snapshot(copy_of_chain) == before
+    assert "weights/tiny" in message and "download stabilityai/stable-diffusion-2-1-base" in message
