@@ -211,16 +211,16 @@ def local_inception(weights: str | Path, output: str) -> nn.Module:
             f"{weights}: Inception weights not found; download {INCEPTION_URL} to this path "
             "or pass --inception-weights"
         )
-    from torchmetrics.image.fid import NoTrainInceptionV3
-
     try:
+        from torchmetrics.image.fid import NoTrainInceptionV3
+
         return NoTrainInceptionV3(
             name="inception-v3-compat", features_list=[output], feature_extractor_weights_path=str(weights)
         )
     except ModuleNotFoundError as err:
         raise ValueError(
-            "--metrics-backend standard needs torch-fidelity (pip install torch-fidelity, beside a torchvision "
-            "built for your torch); --metrics-backend tiny needs nothing"
+            "--metrics-backend standard needs the `standard` extra: torch-fidelity beside the torchvision built for "
+            "your torch, and torchmetrics (pyproject.toml says how); --metrics-backend tiny needs none of them"
         ) from err
 
 
