@@ -79,7 +79,13 @@ def make_generator(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
+    import logging
+    import sys
+
     from m2m.data.shards import shard_captions, write_shard
+
+    # One progress line per caption batch, on stdout: the pipeline's log shows each line as it comes.
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", stream=sys.stdout)
 
     shard_captions(args.captions, args.shard, args.samples_per_shard)  # bad input fails before loading a model
     precompute = None
