@@ -65,6 +65,13 @@ def path() -> Check:
     return check
 
 
+def auto_or(check: Check) -> Check:
+    def either(value):
+        return None if value == "auto" else (f"auto or {expected}" if (expected := check(value)) else None)
+
+    return either
+
+
 def flag() -> Check:
     def check(value):
         return None if isinstance(value, bool) else "true or false"
@@ -80,10 +87,15 @@ TRAINING = {
     "seed": integer(0),
     "sample_steps": integer(1),
     "checkpoint_every": integer(0),
+    "micro_batch_size": auto_or(integer(1)),
+    "mixed_precision": choice("auto", "no", "fp16", "bf16"),
+    "gradient_checkpointing": flag(),
+    "ema": flag(),
 }
 
 SCHEMA: dict[str, Check] = {
     "preset": choice(*PRESETS),
+    **{f"weights.{name}": path() for name in ("sd", "dino", "clip", "inception")},
     "captions.input": path(),
     "captions.max_tokens": integer(3, 77),
     "mis.backend": choice("procedural", "sd"),
@@ -91,7 +103,7 @@ SCHEMA: dict[str, Check] = {
     "mis.images_per_caption": integer(2),
     "mis.image_size": integer(8, 4096),
     "mis.seed": integer(0),
-    "mis.sd_folder": path(),
+    "mis.precompute": flag(),
     "manifest.test_percent": number(0, 100),
     "tasks.count": integer(1),
     "tasks.image_size": integer(8, 4096),

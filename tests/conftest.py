@@ -25,3 +25,28 @@ def fresh_accelerate_state():
 
     yield
     AcceleratorState._reset_state(reset_partial_state=True)
+
+
+@pytest.fixture(scope="session")
+def weights_folder(tmp_path_factory):
+    """A ``weights/`` folder as the sd21 preset expects it, every model weight-shaped (tests/fixtures/weights.py)."""
+    from tests.fixtures.weights import write_weights
+
+    return write_weights(tmp_path_factory.mktemp("weights"))
+
+
+@pytest.fixture(scope="session")
+def tiny_sd_folder(weights_folder):
+    """A random StableDiffusionPipeline in SD-2.1-base's layout, saved with SD-2.1-base's PNDM scheduler
+    config (the MIS generator swaps in Euler)."""
+    from tests.fixtures.weights import SD_NAME
+
+    return weights_folder / SD_NAME
+
+
+@pytest.fixture(scope="session")
+def tiny_dino_folder(weights_folder):
+    """A random DINOv2 (hidden 32, 2 layers, patch 14) in facebook/dinov2-giant's layout."""
+    from tests.fixtures.weights import DINO_NAME
+
+    return weights_folder / DINO_NAME

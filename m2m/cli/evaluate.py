@@ -47,7 +47,9 @@ def register(subparsers) -> argparse.ArgumentParser:
     parser.add_argument(
         "--metrics-backend", choices=["tiny", "standard"], default="tiny", help="feature networks (default: tiny)"
     )
-    parser.add_argument("--inception-weights", type=Path, help="torch-fidelity Inception-v3 weights file (standard)")
+    parser.add_argument(
+        "--inception-weights", type=Path, help="torch-fidelity Inception-v3 weights file, or its folder (standard)"
+    )
     parser.add_argument("--clip-folder", type=Path, help="local CLIP model folder (standard)")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     parser.add_argument("--device", default="auto", help="auto ($M2M_DEVICE, else cuda when present), cpu or cuda")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from m2m.cli.flags import BooleanFlag
+
 HELP = "draw 25 images per caption into one webdataset shard (procedural or Stable Diffusion)"
 DESCRIPTION = """\
 MIS, the paper's dataset, pairs every caption with a set of images drawn from different seeds, so
@@ -48,10 +50,12 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--precompute",
-        action="store_true",
+        action=BooleanFlag,
         help="also store each set's VAE latents (VAE of --sd-folder) as latents.safetensors: training skips encoding",
     )
-    parser.add_argument("--dino-folder", help="with --precompute: also store DINOv2 features (local model folder)")
+    parser.add_argument(
+        "--dino-folder", help="with --precompute: also store DINOv2 features (local model folder); read only then"
+    )
     parser.add_argument("--dino-size", type=int, default=224, help="with --dino-folder: DINOv2 input size")
     return parser
 
@@ -75,7 +79,13 @@ def make_generator(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
+    import logging
+    import sys
+
     from m2m.data.shards import shard_captions, write_shard
+
+    # One progress line per caption batch, on stdout: the pipeline's log shows each line as it comes.
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", stream=sys.stdout)
 
     shard_captions(args.captions, args.shard, args.samples_per_shard)  # bad input fails before loading a model
     precompute = None
@@ -85,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
         precompute = LatentPrecomputer(
             args.sd_folder, args.dino_folder, args.dino_size, batch_size=args.batch_size, device=args.device
         )
-    elif args.dino_folder:
+    elif args.dino_folder and args.precompute is None:
         raise ValueError("--dino-folder: only used with --precompute")
     sidecar, written = write_shard(
         args.captions,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from m2m.cli.flags import AUTO, BooleanFlag, positive_int_or_auto
 from m2m.models import presets
 from m2m.training.config import MIXED_PRECISION, PRESET_DEFAULTS, TASK_CONDITIONS, TASK_SAMPLES, TrainConfig
 
@@ -35,7 +36,8 @@ Defaults per preset (sd21 follows the paper: AdamW, constant lr without warm-up,
 --batch-size counts sets per optimizer step over all processes; each process runs --micro-batch-size
 sets per forward pass and accumulates gradients over the rest.
 
-One process: `m2m train ...`. N GPUs: `accelerate launch --num_processes N -m m2m train ...`.
+One process: `m2m train ...`. N GPUs: `accelerate launch --multi_gpu --num_processes N -m m2m train ...`
+(without --multi_gpu Accelerate starts one process).
 
 Writes --out (the pipeline folder, train_metrics.json, loss.csv, samples.png) only when training is
 done, replacing any earlier model there as a whole. Checkpoints go to <out>.ckpt/ (--checkpoint-dir);
@@ -64,17 +66,24 @@ def register(subparsers) -> argparse.ArgumentParser:
     )
     p.add_argument("--steps", type=int, help="optimizer steps (default: one epoch)")
     p.add_argument("--batch-size", type=int, help="sets per optimizer step over all processes (default: preset)")
-    p.add_argument("--micro-batch-size", type=int, help="sets per process per forward pass (default: all)")
+    p.add_argument(
+        "--micro-batch-size", type=positive_int_or_auto,
+        help="sets per process per forward pass; auto (default): the process's whole share of --batch-size",
+    )
     p.add_argument("--n-images", type=int, default=d.n_images, help="images N per set (paper: 5)")
     p.add_argument("--lr", type=float, help="AdamW learning rate, constant (default: preset)")
     p.add_argument("--p-uncond", type=float, default=d.p_uncond, help="probability of a zeroed context (0.1)")
     p.add_argument(
-        "--mixed-precision", choices=MIXED_PRECISION, default=d.mixed_precision,
-        help="autocast dtype (default: $ACCELERATE_MIXED_PRECISION, which the pipeline's compute dtype sets, else no)",
+        "--mixed-precision", choices=[AUTO, *MIXED_PRECISION], default=d.mixed_precision,
+        help="autocast dtype; auto (default): $ACCELERATE_MIXED_PRECISION, which the pipeline's compute dtype "
+        "sets, else no",
     )
-    p.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations: less memory")
     p.add_argument(
-        "--ema", action=argparse.BooleanOptionalAction, default=None,
+        "--gradient-checkpointing", action=BooleanFlag, default=d.gradient_checkpointing,
+        help="recompute activations in backward: less memory, ~30%% more time (default false)",
+    )
+    p.add_argument(
+        "--ema", action=BooleanFlag,
         help="keep EMA weights and save them as the model (default: preset; tiny on, sd21 off as in the paper)",
     )
     p.add_argument("--ema-decay", type=float, help="EMA decay (default: preset; tiny 0.995, sd21 0.9999)")
@@ -108,6 +117,8 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("accelerate").setLevel(logging.WARNING)
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    if args.mixed_precision == AUTO:
+        args.mixed_precision = None
     metrics = train(TrainConfig(**{k: v for k, v in vars(args).items() if k in fields}))
     if metrics is not None:
         print(

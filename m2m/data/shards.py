@@ -10,9 +10,12 @@ shards run as independent partitions and a killed run resumes without duplicates
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import json
+import logging
 import os
+import time
 from pathlib import Path
 from typing import Protocol
 
@@ -23,6 +26,8 @@ from m2m.data import write_json
 SHARD_PREFIX = "mis-"
 SPLITS = ("train", "test")
 PRECOMPUTED = "latents.safetensors"
+
+logger = logging.getLogger(__name__)
 
 
 class MISGenerator(Protocol):
@@ -140,7 +145,6 @@ def write_shard(
     ``latents.safetensors`` in the same sample, so that training need not encode them.
     """
     import webdataset as wds
-    from tqdm import tqdm
 
     if images_per_caption < 1 or images_per_caption > 1000:
         raise ValueError(f"--images-per-caption: must be in 1..1000, got {images_per_caption}")
@@ -158,17 +162,17 @@ def write_shard(
     tmp.unlink(missing_ok=True)  # a leftover from a killed run
     try:
         with open(tmp, "wb") as stream, wds.TarWriter(stream, mtime=0, user="m2m", group="m2m") as sink:
-            with tqdm(total=len(rows), unit="sets", desc=tar.name) as bar:
-                for start in range(0, len(rows), max(1, captions_per_call)):
-                    chunk = rows[start : start + max(1, captions_per_call)]
-                    seeds = [image_seeds(seed, row["id"], images_per_caption) for row in chunk]
-                    sets = generator.generate([row["caption"] for row in chunk], seeds)
-                    for row, row_seeds, images in zip(chunk, seeds, sets):
-                        item = sample(row, row_seeds, images, generator, settings)
-                        if precompute is not None:
-                            item[PRECOMPUTED] = save_tensors(precompute(images))
-                        sink.write(item)
-                    bar.update(len(chunk))
+            progress = Progress(tar.name, len(rows), images_per_caption)
+            for start in range(0, len(rows), max(1, captions_per_call)):
+                chunk = rows[start : start + max(1, captions_per_call)]
+                seeds = [image_seeds(seed, row["id"], images_per_caption) for row in chunk]
+                sets = generator.generate([row["caption"] for row in chunk], seeds)
+                for row, row_seeds, images in zip(chunk, seeds, sets):
+                    item = sample(row, row_seeds, images, generator, settings)
+                    if precompute is not None:
+                        item[PRECOMPUTED] = save_tensors(precompute(images))
+                    sink.write(item)
+                progress.update(len(chunk))
             stream.flush()
             os.fsync(stream.fileno())
         os.replace(tmp, tar)
@@ -184,6 +188,24 @@ def write_shard(
     }
     write_json(tar.with_suffix(".json"), sidecar)
     return sidecar, True
+
+
+class Progress:
+    """One log line per caption batch (sets done, images/s, ETA): a whole line each, so that it reaches
+    a log that reads lines (the Dagster run log) while the shard is being written, not a redrawn bar."""
+
+    def __init__(self, name: str, total: int, images_per_set: int) -> None:
+        self.name, self.total, self.images_per_set = name, total, images_per_set
+        self.done, self.start = 0, time.monotonic()
+
+    def update(self, sets: int) -> str:
+        self.done += sets
+        elapsed = max(time.monotonic() - self.start, 1e-9)
+        rate = self.done * self.images_per_set / elapsed
+        eta = datetime.timedelta(seconds=round(elapsed / self.done * (self.total - self.done)))
+        line = f"{self.name}: {self.done}/{self.total} sets, {rate:.2f} images/s, ETA {eta}"
+        logger.info(line)
+        return line
 
 
 def sample(row: dict, seeds: list[int], images: list[Image.Image], generator: MISGenerator, settings: dict) -> dict:

@@ -200,24 +200,27 @@ def local_clip(folder: str | Path):
 def local_inception(weights: str | Path, output: str) -> nn.Module:
     """torchmetrics' Inception-v3 loaded from a local torch-fidelity weights file.
 
-    ``output`` is ``"2048"`` (pool features, for FID) or ``"logits_unbiased"`` (for IS).
+    ``output`` is ``"2048"`` (pool features, for FID) or ``"logits_unbiased"`` (for IS). ``weights`` is
+    the file or the folder that holds it under its release name.
     """
     weights = Path(weights)
+    if weights.is_dir():
+        weights = weights / INCEPTION_FILE
     if not weights.is_file():
         raise FileNotFoundError(
             f"{weights}: Inception weights not found; download {INCEPTION_URL} to this path "
             "or pass --inception-weights"
         )
-    from torchmetrics.image.fid import NoTrainInceptionV3
-
     try:
+        from torchmetrics.image.fid import NoTrainInceptionV3
+
         return NoTrainInceptionV3(
             name="inception-v3-compat", features_list=[output], feature_extractor_weights_path=str(weights)
         )
     except ModuleNotFoundError as err:
         raise ValueError(
-            "--metrics-backend standard needs torch-fidelity (pip install torch-fidelity, beside a torchvision "
-            "built for your torch); --metrics-backend tiny needs nothing"
+            "--metrics-backend standard needs the `standard` extra: torch-fidelity beside the torchvision built for "
+            "your torch, and torchmetrics (pyproject.toml says how); --metrics-backend tiny needs none of them"
         ) from err
 
 

@@ -103,10 +103,13 @@ class M2MUNet(ModelMixin, ConfigMixin):
         """Initialise from a Stable Diffusion UNet (a model or a local ``unet`` folder), section 6.1.
 
         The text cross-attention weights (``attn2``) are dropped; every other weight is copied exactly.
+        The SD config is kept without diffusers' private keys (``_name_or_path`` is the folder it was
+        loaded from, a ``Path`` that has no place in the saved model's config).
         """
         if not isinstance(sd_unet, UNet2DConditionModel):
             sd_unet = load_sd_unet(sd_unet)
-        model = cls(dict(sd_unet.config), variant, context_dim, condition, condition_dim, dino_image_size)
+        unet_config = {k: v for k, v in sd_unet.config.items() if not k.startswith("_")}
+        model = cls(unet_config, variant, context_dim, condition, condition_dim, dino_image_size)
         weights = {k: v for k, v in sd_unet.state_dict().items() if ".attn2." not in k}
         missing, unexpected = model.unet.load_state_dict(weights, strict=False)
         if unexpected or any(".attn2." not in k for k in missing):

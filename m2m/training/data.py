@@ -13,8 +13,11 @@ import random
 from pathlib import Path
 
 import torch
+from accelerate.logging import get_logger
 
 from m2m.training.config import TrainConfig
+
+logger = get_logger(__name__)
 
 
 class _Seeded(torch.utils.data.Dataset):
@@ -104,8 +107,41 @@ def _task_dataset(cfg: TrainConfig, n_images: int, sample: str, image_size: int)
     return cls(cfg.task_data, n_images=n_images, sample=sample, image_size=image_size)
 
 
-def training_data(cfg: TrainConfig, image_size: int, rank: int, world_size: int):
-    """(endless resumable batches of ``micro_batch_size`` sets, optimizer steps in one epoch)."""
+def stored_encodings(cfg: TrainConfig, pipe) -> tuple[str, ...]:
+    """The encodings training reads from the MIS shards instead of computing them: ``("latents",)`` or
+    ``("latents", "dino")``, or ``()`` (with one log line saying why) when the shards do not carry them
+    at the model's sizes. Only a latent-space model (a VAE) has anything to skip."""
+    if pipe.vae is None:
+        return ()
+    from m2m.data.loader import resolve_mis
+    from m2m.data.shards import read_sidecar
+
+    _, manifest = resolve_mis(cfg.data)
+    settings = []
+    if manifest is not None:
+        index = json.loads(manifest.read_text(encoding="utf-8"))
+        folder = manifest.parent / index["shards_dir"]
+        settings = [(read_sidecar(folder / shard["name"]) or {}).get("settings", {}) for shard in index["shards"]]
+    why = None
+    if not settings or any("precompute" not in s for s in settings):
+        why = "the shards carry no precomputed latents (generate-mis --precompute)"
+    elif any(s.get("image_size") != pipe.image_size for s in settings):
+        why = f"the shards' latents are of another image size than the model's {pipe.image_size} px"
+    if why is not None:
+        logger.info(f"{why}: encoding every set with the VAE{' and DINOv2' if cfg.variant == 'dino' else ''}")
+        return ()
+    dino_size = pipe.unet.config.dino_image_size
+    stored_dino = all(s["precompute"].get("dino") and s["precompute"].get("dino_size") == dino_size for s in settings)
+    if cfg.variant == "dino" and stored_dino:
+        return ("latents", "dino")
+    if cfg.variant == "dino":
+        logger.info(f"the shards carry no DINOv2 features at {dino_size} px: encoding every set with DINOv2")
+    return ("latents",)
+
+
+def training_data(cfg: TrainConfig, image_size: int, rank: int, world_size: int, precomputed: bool = False):
+    """(endless resumable batches of ``micro_batch_size`` sets, optimizer steps in one epoch); with
+    ``precomputed``, MIS batches also hold the stored ``latents`` (and ``dino``) of their images."""
     if cfg.task is not None:
         dataset = _task_dataset(cfg, cfg.n_images, cfg.task_sample, image_size)
         batches = TaskBatches(dataset, cfg.micro_batch_size, cfg.seed, rank, world_size, cfg.num_workers)
@@ -115,6 +151,7 @@ def training_data(cfg: TrainConfig, image_size: int, rank: int, world_size: int)
     loader = mis_loader(
         cfg.data, split="train", n_images=cfg.n_images, image_size=image_size, seed=cfg.seed,
         batch_size=cfg.micro_batch_size, num_workers=cfg.num_workers, rank=rank, world_size=world_size,
+        precomputed=precomputed,
     )
     manifest = json.loads(loader.manifest.read_text(encoding="utf-8"))
     n_train = int(manifest["split"]["train"])

@@ -21,7 +21,7 @@ from accelerate.logging import get_logger
 
 from m2m.training import checkpoint
 from m2m.training.config import TrainConfig
-from m2m.training.data import check_mis, data_digest, heldout_sets, training_data
+from m2m.training.data import check_mis, data_digest, heldout_sets, stored_encodings, training_data
 from m2m.training.objective import clean_context, m2m_loss
 from m2m.weights import verify_safetensors
 
@@ -235,7 +235,8 @@ def train(config: TrainConfig) -> dict | None:
     unet = pipe.unet.train()
     if cfg.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
-    data, epoch_steps = training_data(cfg, pipe.image_size, rank, accelerator.num_processes)
+    stored = stored_encodings(cfg, pipe) if cfg.task is None else ()
+    data, epoch_steps = training_data(cfg, pipe.image_size, rank, accelerator.num_processes, precomputed=bool(stored))
     heldout = heldout_sets(cfg, pipe.image_size) if accelerator.is_main_process else None
     total = cfg.steps or epoch_steps
 
@@ -274,7 +275,7 @@ def train(config: TrainConfig) -> dict | None:
             conditions = batch["cond"].to(device) if cfg.task is not None else None
             with accelerator.accumulate(prepared):
                 with torch.no_grad(), accelerator.autocast():
-                    context = clean_context(pipe, images)
+                    context = clean_context(pipe, images, *(batch.get(name) for name in stored))
                 loss = m2m_loss(
                     pipe, noise_scheduler, images, conditions, p_uncond=cfg.p_uncond,
                     p_drop_condition=cfg.p_drop_condition, generator=noise, precomputed=context, unet=prepared,

@@ -9,11 +9,20 @@ from m2m.models.encoders import dino_features, encode_images
 
 
 @torch.no_grad()
-def clean_context(pipe, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``z_0^{1:N} = E(I)`` and the context the model attends to: ``z_0`` (Self) or DINOv2 ``v`` (DINO)."""
-    z0 = encode_images(pipe.vae, images)
+def clean_context(
+    pipe, images: torch.Tensor, latents: torch.Tensor | None = None, dino: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``z_0^{1:N} = E(I)`` and the context the model attends to: ``z_0`` (Self) or DINOv2 ``v`` (DINO).
+
+    ``latents`` and ``dino`` are the same encodings stored with the MIS shards (``generate-mis
+    --precompute``, the same encoder functions); given, they replace the VAE and DINOv2 passes.
+    """
+    dtype = pipe.unet.dtype
+    z0 = encode_images(pipe.vae, images) if latents is None else latents.to(images.device, dtype)
     if pipe.unet.config.variant == "self":
         return z0, z0
+    if dino is not None:
+        return z0, dino.to(images.device, dtype)
     return z0, dino_features(pipe.image_encoder, images, pipe.unet.config.dino_image_size)
 
 

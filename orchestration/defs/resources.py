@@ -63,10 +63,22 @@ class ComputeResource(dg.ConfigurableResource):
         return env
 
     def launch(self, cmd: str) -> str:
-        """``cmd`` as it should start: ``m2m train ...`` under ``accelerate launch`` with several processes."""
+        """``cmd`` as it should start: ``m2m train ...`` under ``accelerate launch`` with several processes.
+
+        ``--multi_gpu`` is what makes Accelerate start several processes at all: without it a CPU run
+        is one process whatever ``--num_processes`` says; with it and ``ACCELERATE_USE_CPU`` the
+        processes train on the CPU over gloo. ``accelerate launch`` hands its own ``--mixed_precision``
+        to the processes, so the compute dtype is passed on explicitly. The result is a plain command
+        line (``shlex.split`` gives back the words).
+        """
         words = shlex.split(cmd)
         if self.num_processes > 1 and words[:2] == ["m2m", "train"]:
-            return f"accelerate launch --num_processes {self.num_processes} -m m2m {cmd.split(None, 1)[1]}"
+            launcher = [
+                "accelerate", "launch", "--multi_gpu", "--num_processes", str(self.num_processes),
+                "--num_machines", "1", "--mixed_precision", DTYPES[self.dtype], "--dynamo_backend", "no",
+                "-m", "m2m",
+            ]
+            return shlex.join(launcher + words[1:])
         return cmd
 
 

@@ -50,6 +50,14 @@ def test_init_writes_a_loadable_untrained_model(tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m2m-dino-nvs"]
 
 
+def test_init_sd21_from_weight_folders(tiny_sd_folder, tiny_dino_folder, tmp_path):
+    out = tmp_path / "m2m-dino"
+    folders = ["--sd-folder", str(tiny_sd_folder), "--dino-folder", str(tiny_dino_folder)]
+    assert main(["init", "--preset", "sd21", "--variant", "dino", *folders, "--out", str(out)]) == 0
+    pipe = M2MPipeline.from_pretrained(out)
+    assert pipe.vae is not None and pipe.image_encoder is not None and pipe.config.guidance_scale == 7.5
+
+
 def test_init_then_train_then_resume(mis, tmp_path, capsys):
     init, out = tmp_path / "init", tmp_path / "m2m-dino"
     assert main(["init", "--variant", "dino", "--out", str(init)]) == 0
@@ -133,3 +141,27 @@ def test_two_processes_train_data_parallel(mis, tmp_path):
     checkpoint = tmp_path / "m.ckpt" / "checkpoint-000002"
     per_process = {"data_0.json", "data_1.json", "noise_0.safetensors", "noise_1.safetensors", "random_states_1.pkl"}
     assert per_process <= {p.name for p in checkpoint.iterdir()}
+
+
+@pytest.mark.parametrize(
+    ("words", "expected"),
+    [
+        ([], (False, None)),
+        (["--gradient-checkpointing", "--ema"], (True, True)),
+        (["--gradient-checkpointing", "true", "--ema", "false"], (True, False)),
+        (["--no-gradient-checkpointing", "--no-ema"], (False, False)),
+    ],
+)
+def test_boolean_options_take_the_form_dvc_writes(words, expected):
+    from m2m.cli import build_parser
+
+    args = build_parser().parse_args(["train", "--out", "m", *words])
+    assert (args.gradient_checkpointing, args.ema) == expected
+
+
+def test_a_bad_boolean_is_one_line(capsys):
+    from m2m.cli import build_parser
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train", "--out", "m", "--ema", "maybe"])
+    assert "--ema: expected true or false, got 'maybe'" in capsys.readouterr().err

@@ -244,3 +244,23 @@ def test_cli_precompute_uses_the_sd_folder_vae(tmp_path, captions_parquet, tiny_
     assert main([*args, "--precompute", "--sd-folder", str(tiny_sd_folder)]) == 0
     sample = next(iter(read_shard(tmp_path / "mis-000000.tar").values()))
     assert "latents.safetensors" in sample and json.loads(sample["json"])["settings"]["precompute"]["vae"]
+
+
+def test_cli_reports_progress_per_caption_batch_on_whole_lines(tmp_path, captions_parquet):
+    """Each caption batch prints a line (sets done, images/s, ETA) while the shard is being written."""
+    import re
+    import subprocess
+    import sys
+
+    args = ["--captions", str(captions_parquet), "--out", str(tmp_path), "--shard", "0", "--samples-per-shard", "6"]
+    done = subprocess.run(
+        [sys.executable, "-m", "m2m", "generate-mis", *args, "--images-per-caption", "3", "--batch-size", "2"],
+        capture_output=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    lines = done.stdout.decode().split("\n")
+    progress = [line for line in lines if "mis-000000.tar:" in line]
+    assert len(progress) == 3 and not any("\r" in line for line in progress)
+    for line, sets in zip(progress, (2, 4, 6)):
+        assert re.search(rf"{sets}/6 sets, [0-9.]+ images/s, ETA \d+:\d\d:\d\d$", line), line
+    assert lines.index(progress[-1]) < next(i for i, line in enumerate(lines) if line.startswith("wrote shard 0"))

@@ -87,7 +87,7 @@ def test_local_inception_missing_file_names_file_and_url(tmp_path):
 def test_local_inception_without_torch_fidelity_says_how_to_install(tmp_path):
     path = tmp_path / features.INCEPTION_FILE
     path.write_bytes(b"not used")
-    with pytest.raises(ValueError, match="needs torch-fidelity"):
+    with pytest.raises(ValueError, match="needs the `standard` extra: torch-fidelity"):
         local_inception(path, "2048")
 
 

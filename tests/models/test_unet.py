@@ -122,3 +122,19 @@ def test_bad_inputs(sd_unet, tmp_path):
     model = M2MUNet.from_sd_unet(sd_unet, "self")
     with pytest.raises(ValueError, match="cannot see 3 of 2 context images"):
         model(torch.randn(1, 1, 3, 32, 32), 1, context=torch.randn(1, 2, 3, 32, 32), visible=[3])
+
+
+@pytest.mark.parametrize("variant", ["self", "dino"])
+def test_sd21_model_from_weight_folders_saves_and_loads(tiny_sd_folder, tiny_dino_folder, tmp_path, variant):
+    """An sd21 model built from a local SD folder (whose config carries the folder as a Path) saves
+    as JSON and loads back with the same weights."""
+    from m2m.models.build import build_pipeline
+    from m2m.pipeline import M2MPipeline
+
+    pipe = build_pipeline("sd21", variant, sd_folder=tiny_sd_folder, dino_folder=tiny_dino_folder)
+    pipe.save_pretrained(tmp_path / "model", safe_serialization=True)
+    loaded = M2MPipeline.from_pretrained(tmp_path / "model")
+    assert loaded.unet.config.unet_config == pipe.unet.config.unet_config
+    assert "_name_or_path" not in loaded.unet.config.unet_config
+    for name, weight in pipe.unet.state_dict().items():
+        assert torch.equal(loaded.unet.state_dict()[name], weight), name

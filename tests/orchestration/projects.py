@@ -41,7 +41,7 @@ def git(cwd: Path, *args: str) -> None:
 
 
 def make_project(dest: Path, overrides: dict | None = None) -> Path:
-    """Copy the pipeline definition and the library sources into ``dest`` (a new git repo)."""
+    """Copy the pipeline definition, the library sources and ``weights/tiny`` into ``dest`` (a new git repo)."""
     dest.mkdir(parents=True, exist_ok=True)
     for name in ("dvc.yaml", ".dvcignore"):
         shutil.copy(REPO / name, dest / name)
@@ -49,6 +49,7 @@ def make_project(dest: Path, overrides: dict | None = None) -> Path:
     for name in ("config", ".gitignore"):
         shutil.copy(REPO / ".dvc" / name, dest / ".dvc" / name)
     shutil.copytree(REPO / "m2m", dest / "m2m", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    shutil.copytree(REPO / "weights" / "tiny", dest / "weights" / "tiny")
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     overrides = TINY_TEST_PARAMS if overrides is None else overrides
     (dest / "params.yaml").write_text(yaml.safe_dump(merge(params, overrides), sort_keys=False))

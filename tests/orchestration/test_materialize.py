@@ -83,7 +83,7 @@ def test_a_broken_param_value_is_refused_by_its_key_and_changes_nothing(copy_of_
     assert snapshot(copy_of_chain) == before
 
 
-@pytest.mark.parametrize("key", ["preset", "mis.sd_folder"])
+@pytest.mark.parametrize("key", ["preset", "weights.sd"])
 def test_shell_code_in_params_never_runs(copy_of_chain, key):
     before = snapshot(copy_of_chain)
     set_param(copy_of_chain, key, "tiny; touch PWNED #")
@@ -108,10 +108,21 @@ def test_a_command_that_fails_fails_its_asset_and_nothing_is_committed(copy_of_c
 
 
 @pytest.mark.slow
-def test_sd21_without_weights_says_what_to_download_and_where(copy_of_chain):
+def test_sd21_without_weights_names_the_missing_folder(copy_of_chain):
     before = snapshot(copy_of_chain)
+    set_param(copy_of_chain, "preset", "sd21")
+    set_param(copy_of_chain, "weights.sd", "weights/stable-diffusion-2-1-base")
+    result = materialize(copy_of_chain, "m2m_self_pretrained")
+    assert failure_messages(result) == [
+        "m2m_self_pretrained: input weights/stable-diffusion-2-1-base does not exist "
+        "(dvc.yaml deps of m2m_self_pretrained)"
+    ]
+    assert snapshot(copy_of_chain) == before
+
+
+@pytest.mark.slow
+def test_sd21_with_the_tiny_weights_folder_says_what_to_download(copy_of_chain):
     set_param(copy_of_chain, "preset", "sd21")
     result = materialize(copy_of_chain, "m2m_self_pretrained")
     (message,) = failure_messages(result)
-    assert "weights/stable-diffusion-2-1-base" in message and "download" in message
-    assert snapshot(copy_of_chain) == before
+    assert "weights/tiny" in message and "download stabilityai/stable-diffusion-2-1-base" in message

@@ -71,3 +71,6 @@ def test_setup_installs_once_then_only_when_something_changed(tmp_path):
         handle.write("\n# changed\n")
     changed = run_setup(project)
     assert changed == [".venv pip install torch==2.13.0", ".venv pip install -e .[pipeline,dev]"]
+
+    standard = run_setup(project, M2M_EXTRAS="standard")
+    assert standard == [".venv pip install torch==2.13.0", ".venv pip install -e .[pipeline,dev,standard]"]

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from orchestration.defs.resources import ComputeResource, DvcResource, MlflowResource
@@ -26,11 +32,24 @@ def test_auto_device_is_cuda_only_when_torch_sees_a_gpu():
 def test_training_runs_under_accelerate_launch_with_several_processes():
     cmd = "m2m train --preset sd21 --variant self --out 'assets/models/m2m self'"
     assert ComputeResource().launch(cmd) == cmd
-    assert ComputeResource(num_processes=4).launch(cmd) == (
-        "accelerate launch --num_processes 4 -m m2m train --preset sd21 --variant self --out 'assets/models/m2m self'"
-    )
+    launched = shlex.split(ComputeResource(num_processes=4, dtype="bfloat16").launch(cmd))
+    assert launched[:2] == ["accelerate", "launch"] and "--multi_gpu" in launched
+    assert launched[launched.index("--num_processes") + 1] == "4"
+    assert launched[launched.index("--mixed_precision") + 1] == "bf16"
+    assert launched[-9:] == ["-m", "m2m", "train", "--preset", "sd21", "--variant", "self", "--out", "assets/models/m2m self"]
     evaluate = "m2m evaluate --model assets/models/m2m-self"
     assert ComputeResource(num_processes=4).launch(evaluate) == evaluate
+
+
+def test_two_processes_really_start_on_a_cpu(tmp_path):
+    """Both ranks run: m2m train sees a world of 2 (a batch of 1 set cannot be split over 2 processes)."""
+    compute = ComputeResource(device="cpu", num_processes=2)
+    cmd = compute.launch(f"m2m train --data {tmp_path} --out {tmp_path / 'model'} --batch-size 1")
+    env = {**compute.env(), "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    done = subprocess.run(shlex.split(cmd), env=env, capture_output=True, text=True, timeout=300)
+    errors = [line for line in done.stderr.splitlines() if "m2m train: error: --batch-size" in line]
+    assert done.returncode != 0 and len(errors) == 2, done.stderr[-2000:]
+    assert all("x 2 processes" in line for line in errors)
 
 
 @pytest.mark.parametrize(
