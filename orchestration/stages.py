@@ -111,13 +111,13 @@ def select(context: dict, expression: str, where: str):
     return value
 
 
-def interpolate(template, context: dict, where: str):
+def interpolate(template, context: dict, where: str, embedded: list | None = None):
     """Resolve ``${...}`` in ``template`` as DVC does: a whole-value expression keeps its type,
     an embedded one is formatted (booleans as ``true``/``false``)."""
     if isinstance(template, list):
-        return [interpolate(value, context, f"{where}[{i}]") for i, value in enumerate(template)]
+        return [interpolate(value, context, f"{where}[{i}]", embedded) for i, value in enumerate(template)]
     if isinstance(template, dict):
-        return {key: interpolate(value, context, f"{where}.{key}") for key, value in template.items()}
+        return {key: interpolate(value, context, f"{where}.{key}", embedded) for key, value in template.items()}
     if not isinstance(template, str):
         return template
     matches = list(_EXPRESSION.finditer(template))
@@ -131,11 +131,8 @@ def interpolate(template, context: dict, where: str):
                 f"{where}: ${{{match['inner']}}} is a {type(value).__name__}; only scalars can be embedded in text"
             )
         text = ("true" if value else "false") if isinstance(value, bool) else str(value)
-        if isinstance(value, str) and (not WORD.fullmatch(value) or value.startswith("-")):
-            raise PipelineError(
-                f"params.yaml: {match['inner'].strip()}: {value!r} cannot be pasted into {where} as one plain "
-                "word (letters, digits and _.,:/+=@%-; no spaces, quotes or shell characters; not starting with -)"
-            )
+        if embedded is not None:
+            embedded.append((match["inner"].strip(), value, where))
         pieces += [template[start : match.start()], text]
         start = match.end()
     pieces.append(template[start:])
@@ -176,15 +173,28 @@ def _param_values(keys, params: dict, where: str) -> dict:
     return values
 
 
-def _stage(name: str, asset: str, item: str | None, body: dict, params: dict) -> Stage:
+def check_word(expression: str, value, where: str) -> None:
+    """A value pasted into text must be one plain word: the same to a shell and to ``shlex``."""
+    if isinstance(value, str) and (not WORD.fullmatch(value) or value.startswith("-")):
+        raise PipelineError(
+            f"params.yaml: {expression}: {value!r} cannot be pasted into {where} as one plain "
+            "word (letters, digits and _.,:/+=@%-; no spaces, quotes or shell characters; not starting with -)"
+        )
+
+
+def _stage(name: str, asset: str, item: str | None, body: dict, params: dict, strict: bool = True) -> Stage:
     where = f"dvc.yaml: stages.{name}"
     context = dict(params) if item is None else {**params, "item": item}
-    body = interpolate(body, context, where)
+    embedded: list = []
+    body = interpolate(body, context, where, embedded)
+    if strict:
+        for expression, value, field in embedded:
+            check_word(expression, value, field)
     cmds = body.get("cmd")
     cmds = [cmds] if isinstance(cmds, str) else cmds
     if not cmds or not all(isinstance(cmd, str) and cmd.strip() for cmd in cmds):
         raise PipelineError(f"{where}.cmd: expected a command or a list of commands")
-    for i, cmd in enumerate(cmds):
+    for i, cmd in enumerate(cmds if strict else []):
         check_command(cmd, f"{where}.cmd" + (f"[{i}]" if len(cmds) > 1 else ""))
     outs = _paths(body.get("outs"), f"{where}.outs") + _paths(body.get("metrics"), f"{where}.metrics")
     meta = (body.get("meta") or {}).get("dagster") or {}
@@ -217,13 +227,19 @@ def _items(name: str, foreach, params: dict) -> list[str]:
     return items
 
 
-def load_pipeline(root: str | Path) -> dict[str, StageGroup]:
-    """Every dvc.yaml stage of the project at ``root``, by asset name, in dvc.yaml order."""
+def load_pipeline(root: str | Path, strict: bool = True) -> dict[str, StageGroup]:
+    """Every dvc.yaml stage of the project at ``root``, by asset name, in dvc.yaml order.
+
+    ``strict`` (before running anything): params.yaml must fit its schema, pasted values must be plain
+    words, commands must be free of shell operators. The asset graph is built with ``strict=False``, so
+    a bad value fails the materialization that would use it, in one line, instead of the code location.
+    """
     root = Path(root)
     dvc_yaml = read_yaml(root / "dvc.yaml")
     params = read_yaml(root / "params.yaml")
     try:
-        validate(params, str(root / "params.yaml"))
+        if strict:
+            validate(params, str(root / "params.yaml"))
     except ParamsError as err:
         raise PipelineError(str(err)) from None
     if "vars" in dvc_yaml:
@@ -240,10 +256,11 @@ def load_pipeline(root: str | Path) -> dict[str, StageGroup]:
             if not isinstance(do, dict):
                 raise PipelineError(f"dvc.yaml: stages.{name}.do: expected a mapping")
             items = _items(name, body["foreach"], params)
-            group = tuple(_stage(f"{name}@{item}", name, item, do, params) for item in items)
+            group = tuple(_stage(f"{name}@{item}", name, item, do, params, strict) for item in items)
             groups[name] = StageGroup(asset=name, stages=group, partitioned=True)
         else:
-            groups[name] = StageGroup(asset=name, stages=(_stage(name, name, None, body, params),), partitioned=False)
+            stage = _stage(name, name, None, body, params, strict)
+            groups[name] = StageGroup(asset=name, stages=(stage,), partitioned=False)
     return groups
 
 

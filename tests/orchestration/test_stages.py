@@ -106,3 +106,24 @@ def test_code_version_follows_the_stage_parameters(tmp_path):
     assert load_pipeline(tmp_path)["s"].code_version() == before
     write_project(tmp_path, "shards: ['a', 'b']\nn: 2\n")
     assert load_pipeline(tmp_path)["s"].code_version() != before
+
+
+ONE_STAGE = "stages:\n  s:\n    cmd: {cmd}\n    outs:\n      - out.txt\n"
+
+
+@pytest.mark.parametrize(
+    ("cmd", "params", "message"),
+    [
+        ("m2m x --n ${n}", "n: 'a; touch PWNED'\n", r"params.yaml: n: 'a; touch PWNED' cannot be pasted into"),
+        ("m2m x --n ${n}", "n: '$(reboot)'\n", "cannot be pasted into dvc.yaml: stages.s.cmd as one plain word"),
+        ("m2m x --n ${n}", "n: --help\n", "not starting with -"),
+        ("m2m x && m2m y", "n: 1\n", "uses the shell operator '&&'"),
+        ("m2m x > out.txt", "n: 1\n", "uses the shell operator '>'"),
+        ("m2m x `id`", "n: 1\n", "uses the shell operator '`'"),
+    ],
+)
+def test_commands_are_plain_words_for_a_shell_and_for_shlex_alike(tmp_path, cmd, params, message):
+    write_project(tmp_path, params, ONE_STAGE.format(cmd=f'"{cmd}"'))
+    with pytest.raises(PipelineError, match=message.replace("(", r"\(").replace("$", r"\$")):
+        load_pipeline(tmp_path)
+    assert load_pipeline(tmp_path, strict=False)["s"].first.cmds  # the asset graph still builds
