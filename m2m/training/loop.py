@@ -143,8 +143,11 @@ def resume(cfg: TrainConfig, accelerator, settings: dict, data, noise, ema, para
     return Progress(saved["step"], saved["losses"], saved["elapsed_s"], saved["train_s"], saved["step"])
 
 
-def train_metrics(cfg: TrainConfig, accelerator, pipe, progress: Progress, epoch_steps: int, settings: dict) -> dict:
-    """``train_metrics.json``: loss, speed, size and the settings of the run."""
+def train_metrics(
+    cfg: TrainConfig, accelerator, pipe, progress: Progress, epoch_steps: int, settings: dict, stored=()
+) -> dict:
+    """``train_metrics.json``: loss, speed, size and the settings of the run (``stored``: the encodings read
+    from the shards rather than computed)."""
     losses, step, train_s = progress.losses, progress.step, progress.train_s
     tail = losses[-max(1, len(losses) // 10) :]
     images = step * cfg.batch_size * cfg.n_images
@@ -165,6 +168,8 @@ def train_metrics(cfg: TrainConfig, accelerator, pipe, progress: Progress, epoch
         "num_processes": accelerator.num_processes,
         "gradient_accumulation": accelerator.gradient_accumulation_steps,
         "mixed_precision": cfg.mixed_precision,
+        "gradient_checkpointing": cfg.gradient_checkpointing,
+        "stored_encodings": list(stored),
         **settings,
     }
 
@@ -286,7 +291,7 @@ def train(config: TrainConfig) -> dict | None:
             ema.copy_to(unet.parameters())
         unet.eval()
         grid = sample_grid(pipe, cfg, *heldout)
-        metrics = train_metrics(cfg, accelerator, pipe, progress, epoch_steps, settings)
+        metrics = train_metrics(cfg, accelerator, pipe, progress, epoch_steps, settings, stored)
         write_model_folder(cfg.out, pipe, metrics, progress.losses, grid)
         logger.info(f"wrote {cfg.out}: final loss {metrics['final_loss']}, {metrics['images_per_s'] or 0:.1f} img/s")
     accelerator.wait_for_everyone()
