@@ -8,6 +8,7 @@ so the cost per generated image does not grow with the sequence.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -85,6 +86,14 @@ class M2MPipeline(DiffusionPipeline):
             return latents.to(self.unet.dtype)
         return dino_features(self.image_encoder, pixels, self.unet.config.dino_image_size).to(self.unet.dtype)
 
+    @staticmethod
+    def _check_settings(num_inference_steps, scales: dict) -> None:
+        if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int) or num_inference_steps < 1:
+            raise ValueError(f"num_inference_steps must be an integer >= 1 (got {num_inference_steps!r})")
+        for name, value in scales.items():
+            if value is not None and not math.isfinite(value):
+                raise ValueError(f"{name} must be a finite number (got {value})")
+
     def _check_inputs(self, images, num_images, window, batch_size):
         if window < 1:
             raise ValueError(f"window W must be >= 1 (got {window}): the model needs context images to attend to")
@@ -132,6 +141,10 @@ class M2MPipeline(DiffusionPipeline):
             image_guidance_scale, condition_guidance_scale: s_I and s_C of eq. 7 (default: s and 1).
             use_cache: reuse the context keys/values (the result is the same, only faster).
         """
+        self._check_settings(num_inference_steps, {
+            "guidance_scale": guidance_scale, "image_guidance_scale": image_guidance_scale,
+            "condition_guidance_scale": condition_guidance_scale,
+        })
         device = self._execution_device
         guidance_scale = self.config.guidance_scale if guidance_scale is None else guidance_scale
         pixels = self._check_inputs(images, num_images, window, batch_size).to(device)
@@ -224,5 +237,8 @@ class M2MPipeline(DiffusionPipeline):
 def load_on(folder, device: str, **kwargs) -> M2MPipeline:
     """A saved pipeline on ``device``; on a CPU in float32, where float16 weights (e.g. the shipped tiny
     models of ``models/``) cannot run. Other devices keep the saved dtype."""
+    from m2m.weights import verify_safetensors
+
+    verify_safetensors(folder)  # a damaged weights file is named, not a bare deserialisation error
     dtype = torch.float32 if device == "cpu" else None
     return M2MPipeline.from_pretrained(folder, dtype=dtype, **kwargs).to(device)

@@ -1,11 +1,21 @@
-"""Run one stage command in a shell, as DVC does, streaming its output into the Dagster log."""
+"""Run one stage command, streaming its output into the Dagster log.
+
+The command is split into words as a POSIX shell would (``shlex``) and started without a shell, so no
+value from params.yaml can run shell code (``stages.py`` also refuses values that a shell would read
+differently, which keeps DVC's own run of the same command identical). The command stays in the
+caller's process group, so killing the main command's group stops it too; on Linux it is also
+stopped when the process that started it dies.
+"""
 
 from __future__ import annotations
 
-import os
+import ctypes
 import re
+import shlex
 import signal
 import subprocess
+import sys
+import threading
 import time
 from collections import deque
 from pathlib import Path
@@ -15,8 +25,22 @@ PROGRESS_EVERY_S = 10.0
 _ERROR_LINE = re.compile(r"\b(error|Error|ERROR)\b")
 
 
+# Set once the user interrupts the main command (Ctrl-C): no further command starts in this process.
+INTERRUPTED = threading.Event()
+
+
 class CommandFailed(RuntimeError):
     """The command exited non-zero; the message is its one-line explanation."""
+
+
+def stop(proc: subprocess.Popen, grace_s: float = 10.0) -> None:
+    """SIGTERM, then SIGKILL after ``grace_s``: a command that ignores the first still ends."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def explain(lines: list[str], returncode: int) -> str:
@@ -33,22 +57,38 @@ def explain(lines: list[str], returncode: int) -> str:
     return lines[-1] if lines else f"exit status {returncode}"
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM when the parent dies (Linux ``PR_SET_PDEATHSIG``)."""
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 def run_command(cmd: str, cwd: Path, env: dict[str, str], log) -> None:
-    """Run ``cmd`` through the shell in ``cwd``; each output line goes to ``log.info``.
+    """Run ``cmd`` (split into words, no shell) in ``cwd``; each output line goes to ``log.info``.
 
     Raises :class:`CommandFailed` with the command's own error line when it exits non-zero; if the
-    run is interrupted, the command's whole process group is stopped with it.
+    run is interrupted, the command is stopped with it.
     """
+    if INTERRUPTED.is_set():
+        raise CommandFailed("not started: the run was interrupted")
     log.info(f"$ {cmd}")
-    proc = subprocess.Popen(
-        cmd,
-        shell=True,
-        cwd=cwd,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    try:
+        argv = shlex.split(cmd)
+    except ValueError as err:
+        raise CommandFailed(f"cannot split the command into words ({err}): {cmd}") from None
+    if not argv:
+        raise CommandFailed("empty command")
+    try:
+        proc = subprocess.Popen(
+            argv,
+            cwd=cwd,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+        )
+    except OSError as err:
+        raise CommandFailed(f"{argv[0]}: cannot start ({err.strerror or err})") from None
     tail: deque[str] = deque(maxlen=50)
     last_progress, pending, buffer = float("-inf"), "", b""
     try:
@@ -76,7 +116,6 @@ def run_command(cmd: str, cwd: Path, env: dict[str, str], log) -> None:
         returncode = proc.wait()
     finally:
         if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait()
+            stop(proc)
     if returncode != 0:
         raise CommandFailed(explain(list(tail), returncode))

@@ -11,9 +11,10 @@ from __future__ import annotations
 import hashlib
 
 import dagster as dg
+from dagster._utils.interrupts import raise_interrupts_as
 
 from orchestration import mlflow_runs, reports
-from orchestration.command import CommandFailed, run_command
+from orchestration.command import INTERRUPTED, CommandFailed, run_command
 from orchestration.dvc_cli import DvcError
 from orchestration.stages import PipelineError, Stage, StageGroup, load_pipeline, producers
 
@@ -55,6 +56,8 @@ def describe_changes(status: dict) -> str:
 
 def materialize_stage(context: dg.AssetExecutionContext, asset: str, dvc, compute, mlflow) -> dg.MaterializeResult:
     """Bring ``asset``'s stage (or its partition's stage) up to date and describe it."""
+    if INTERRUPTED.is_set():
+        raise dg.Failure(description=f"{asset}: not started, the run was interrupted", allow_retries=False)
     cli = dvc.cli()
     root = cli.root
     try:
@@ -71,8 +74,16 @@ def materialize_stage(context: dg.AssetExecutionContext, asset: str, dvc, comput
         if status:
             context.log.info(f"{stage.name} changed ({describe_changes(status)}): running it")
             env = compute.env()
-            for cmd in stage.cmds:
-                run_command(compute.launch(cmd), root, env, context.log)
+            try:
+                # Ctrl-C stops the command now, not after it: Dagster would otherwise hold the
+                # interrupt until the step ends and then go on with the next one.
+                with raise_interrupts_as(KeyboardInterrupt):
+                    for cmd in stage.cmds:
+                        run_command(compute.launch(cmd), root, env, context.log)
+            except KeyboardInterrupt:
+                INTERRUPTED.set()
+                raise dg.Failure(description=f"{stage.name}: interrupted (Ctrl-C); nothing committed",
+                                 allow_retries=False) from None
             cli.commit(stage.name)
         else:
             context.log.info(f"{stage.name} is up to date in dvc.lock: nothing to run")

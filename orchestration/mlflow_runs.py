@@ -47,13 +47,31 @@ def run_tags(stage: Stage, root: Path, md5: str, dagster_run_id: str) -> dict[st
 
 
 def find_run(experiment_id: str, md5: str):
-    """The newest run of the experiment that logged the output with DVC hash ``md5``, or None."""
+    """The newest finished run of the experiment that logged the output with DVC hash ``md5``, or None."""
     import mlflow
 
     runs = mlflow.search_runs(
-        [experiment_id], filter_string=f"tags.`dvc.md5` = '{md5}'", max_results=1, output_format="list"
+        [experiment_id], filter_string=f"tags.`dvc.md5` = '{md5}' and attributes.status = 'FINISHED'",
+        max_results=1, output_format="list",
     )
     return runs[0] if runs else None
+
+
+def fail_unfinished(experiment_id: str, md5: str) -> None:
+    """Terminate as FAILED the runs for ``md5`` still RUNNING: their logging was cut off (a killed
+    pipeline); the run about to be logged replaces them."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from orchestration.recovery import REASON_TAG
+
+    client = MlflowClient()
+    for run in mlflow.search_runs(
+        [experiment_id], filter_string=f"tags.`dvc.md5` = '{md5}' and attributes.status = 'RUNNING'",
+        output_format="list",
+    ):
+        client.set_tag(run.info.run_id, REASON_TAG, "logging was cut off; the stage was logged again in a later run")
+        client.set_terminated(run.info.run_id, status="FAILED")
 
 
 def numbers(path: Path) -> dict[str, float]:
@@ -75,6 +93,7 @@ def log_training(stage: Stage, groups: dict[str, StageGroup], dvc: Dvc, ui, dags
         folder, name, md5 = root / out, Path(out).name, outs[out]
         version = registry.find_version(name, registry.DVC_TAG, md5)
         if version is None:
+            fail_unfinished(experiment, md5)
             train_metrics = numbers(folder / "train_metrics.json")
             with mlflow.start_run(
                 experiment_id=experiment, run_name=stage.asset, tags=run_tags(stage, root, md5, dagster_run_id)
@@ -116,6 +135,7 @@ def log_evaluation(stage: Stage, groups: dict[str, StageGroup], dvc: Dvc, ui, da
         model_path = next((path for path in deps if Path(path).name == name), None)
         run = find_run(experiment, md5)
         if run is None:
+            fail_unfinished(experiment, md5)
             models = {dep for dep in deps if any("train" in s.subcommands for s in producers(groups, dep))}
             inputs = {p: d for p, d in data_inputs(stage, groups, dvc).items() if p == model_path or p not in models}
             tags = run_tags(stage, root, md5, dagster_run_id)

@@ -19,10 +19,13 @@ from pathlib import Path
 
 import dagster as dg
 
+from orchestration import recovery
+from orchestration.command import INTERRUPTED
 from orchestration.definitions import defs as load_defs
 from orchestration.defs.jobs import PREPARE_JOB, SHARDS_JOB, TRAIN_JOB
 from orchestration.defs.promotion import promote_champion
 from orchestration.project import project_root
+from orchestration.stages import PipelineError, load_pipeline
 
 # The run log on the console: what the steps say (INFO), not every engine event (DEBUG).
 RUN_CONFIG = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
@@ -50,8 +53,11 @@ def run_job(
     print(f"\n=== {label} ===", flush=True)
     start = time.monotonic()
     result = job.execute_in_process(
-        run_config=run_config or RUN_CONFIG, instance=instance, partition_key=partition_key, raise_on_error=False
+        run_config=run_config or RUN_CONFIG, instance=instance, partition_key=partition_key, raise_on_error=False,
+        tags=recovery.owner_tags(),
     )
+    if INTERRUPTED.is_set():
+        raise KeyboardInterrupt
     for event in result.get_asset_materialization_events():
         metadata = event.materialization.metadata
         ran = metadata.get("ran")
@@ -118,8 +124,14 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     Path(os.environ["DAGSTER_HOME"]).mkdir(parents=True, exist_ok=True)
+    try:
+        load_pipeline(root)  # dvc.yaml and params.yaml, checked before anything runs
+    except PipelineError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     defs = load_defs()
     instance = dg.DagsterInstance.get()
+    recovery.recover(instance, root)
     start = time.monotonic()
     shards = defs.resolve_job_def(SHARDS_JOB)
     keys = shards.partitions_def.get_partition_keys()
@@ -140,4 +152,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:  # Ctrl-C: the running command was stopped with the run
+        print("\ninterrupted; run the same command again to continue", file=sys.stderr)
+        sys.exit(130)

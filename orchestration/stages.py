@@ -4,6 +4,11 @@ dvc.yaml is the single definition of every step; this module reads it the way DV
 from params.yaml interpolated into ``${...}``, ``foreach`` expanded to ``stage@item``) so that Dagster
 can run exactly the commands DVC would run and then ``dvc commit`` them. dvc.lock records the
 command DVC resolved, and ``dvc status`` reports any difference, so a divergence cannot go unnoticed.
+
+DVC runs a command through a shell; Dagster runs it as plain words (``command.py``). So that both
+run the same thing and params.yaml cannot smuggle shell code into either, params.yaml is checked
+against its schema (``params.py``), a value pasted into a command must be one plain word, and a
+command may not use shell operators (``;``, ``|``, ``&&``, redirections).
 """
 
 from __future__ import annotations
@@ -11,10 +16,13 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
+
+from orchestration.params import WORD, ParamsError, validate
 
 # DVC's interpolation syntax: ${a.b[0]}, with \${ as an escape.
 _EXPRESSION = re.compile(r"(?<!\\)\$\{(?P<inner>.*?)\}")
@@ -123,10 +131,27 @@ def interpolate(template, context: dict, where: str):
                 f"{where}: ${{{match['inner']}}} is a {type(value).__name__}; only scalars can be embedded in text"
             )
         text = ("true" if value else "false") if isinstance(value, bool) else str(value)
+        if isinstance(value, str) and (not WORD.fullmatch(value) or value.startswith("-")):
+            raise PipelineError(
+                f"params.yaml: {match['inner'].strip()}: {value!r} cannot be pasted into {where} as one plain "
+                "word (letters, digits and _.,:/+=@%-; no spaces, quotes or shell characters; not starting with -)"
+            )
         pieces += [template[start : match.start()], text]
         start = match.end()
     pieces.append(template[start:])
     return "".join(pieces).replace("\\${", "${")
+
+
+def check_command(cmd: str, where: str) -> None:
+    """``cmd`` is plain words: a shell and ``shlex.split`` read it alike (no operators, no expansions)."""
+    lexer = shlex.shlex(cmd, posix=True, punctuation_chars=True)
+    try:
+        operators = [token for token in lexer if token and set(token) <= set("();<>|&")]
+    except ValueError as err:
+        raise PipelineError(f"{where}: cannot split into words ({err})") from None
+    if operators or "$(" in cmd or "`" in cmd:
+        found = operators[0] if operators else "$(" if "$(" in cmd else "`"
+        raise PipelineError(f"{where}: uses the shell operator {found!r}; a stage command is one program and its arguments")
 
 
 def _paths(entries, where: str) -> tuple[str, ...]:
@@ -159,6 +184,8 @@ def _stage(name: str, asset: str, item: str | None, body: dict, params: dict) ->
     cmds = [cmds] if isinstance(cmds, str) else cmds
     if not cmds or not all(isinstance(cmd, str) and cmd.strip() for cmd in cmds):
         raise PipelineError(f"{where}.cmd: expected a command or a list of commands")
+    for i, cmd in enumerate(cmds):
+        check_command(cmd, f"{where}.cmd" + (f"[{i}]" if len(cmds) > 1 else ""))
     outs = _paths(body.get("outs"), f"{where}.outs") + _paths(body.get("metrics"), f"{where}.metrics")
     meta = (body.get("meta") or {}).get("dagster") or {}
     return Stage(
@@ -195,6 +222,10 @@ def load_pipeline(root: str | Path) -> dict[str, StageGroup]:
     root = Path(root)
     dvc_yaml = read_yaml(root / "dvc.yaml")
     params = read_yaml(root / "params.yaml")
+    try:
+        validate(params, str(root / "params.yaml"))
+    except ParamsError as err:
+        raise PipelineError(str(err)) from None
     if "vars" in dvc_yaml:
         raise PipelineError("dvc.yaml: `vars` is not supported here; keep parameters in params.yaml")
     stages = dvc_yaml.get("stages")

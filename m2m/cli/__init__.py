@@ -61,10 +61,18 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         return int(args._run(args) or 0)
-    except (FileNotFoundError, ValueError, NotADirectoryError) as err:
-        # Bad input is reported as one line naming the file / row / field; tracebacks are for bugs.
-        print(f"m2m {args.command}: error: {err}", file=sys.stderr)
+    except (OSError, ValueError, FloatingPointError) as err:
+        # Bad input (OSError: missing, truncated or unwritable files) and a diverging run are reported
+        # as one line naming the file / row / field; tracebacks are for bugs.
+        print(f"m2m {args.command}: error: {one_line(err)}", file=sys.stderr)
         return 2
+
+
+def one_line(err: Exception) -> str:
+    """The error's message on one line; the OS's own text for file errors that carry a file name."""
+    if isinstance(err, OSError) and err.filename and err.strerror:
+        return f"{err.filename}: {err.strerror}"
+    return " ".join(str(err).split()) or type(err).__name__
 
 
 if __name__ == "__main__":

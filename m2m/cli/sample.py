@@ -43,7 +43,23 @@ def load_images(paths: list[Path], size: int):
                 images.append(ImageOps.fit(im.convert("RGB"), (size, size), Image.BICUBIC))
         except UnidentifiedImageError:
             raise ValueError(f"{path}: not an image file PIL can read") from None
+        except OSError as err:  # e.g. "image file is truncated"
+            raise ValueError(f"{path}: unreadable image ({err})") from None
     return images
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Values that cannot give a meaningful result are refused before the model loads."""
+    import math
+
+    for flag, value in (("--num-images", args.num_images), ("--window", args.window), ("--steps", args.steps)):
+        if value < 1:
+            raise ValueError(f"{flag}: must be at least 1, got {value}")
+    for flag, value in (("--guidance-scale", args.guidance_scale), ("--condition-guidance-scale", args.condition_guidance_scale)):
+        if value is not None and not math.isfinite(value):
+            raise ValueError(f"{flag}: must be a finite number, got {value}")
+    if args.out.exists() and not args.out.is_dir():
+        raise ValueError(f"--out {args.out}: exists and is not a folder")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -53,6 +69,7 @@ def run(args: argparse.Namespace) -> int:
     from m2m.grid import image_grid
     from m2m.pipeline import from_pil, load_on
 
+    check_args(args)
     if not (args.model / "model_index.json").exists():
         raise FileNotFoundError(f"{args.model}: not an M2M pipeline folder (no model_index.json)")
     device = pick_device(args.device)

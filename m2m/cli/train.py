@@ -41,7 +41,9 @@ One process: `m2m train ...`. N GPUs: `accelerate launch --multi_gpu --num_proce
 
 Writes --out (the pipeline folder, train_metrics.json, loss.csv, samples.png) only when training is
 done, replacing any earlier model there as a whole. Checkpoints go to <out>.ckpt/ (--checkpoint-dir);
---resume continues from the latest one and ends with the weights of an uninterrupted run.
+--resume continues from the latest one and ends with the weights of an uninterrupted run; the
+pipeline uses --resume auto, which starts afresh when the parameters or the data changed.
+Unreadable sets are skipped, counted in train_metrics.json and fail the run past --max-skipped.
 """
 
 
@@ -88,7 +90,15 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--checkpoint-every", type=int, help="steps between checkpoints, 0: none (default: preset)")
     p.add_argument("--checkpoint-dir", type=Path, help="checkpoint folder (default: <out>.ckpt)")
     p.add_argument("--keep-checkpoints", type=int, default=d.keep_checkpoints, help="newest checkpoints kept (2)")
-    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint, if any")
+    p.add_argument(
+        "--resume", nargs="?", const=True, default=False, choices=["auto"],
+        help="continue from the latest checkpoint, if any (its settings and data must match); "
+        "`--resume auto`: from the latest one made with these settings and data, else start afresh",
+    )
+    p.add_argument(
+        "--max-skipped", type=float, default=d.max_skipped,
+        help="fail when more than this share of the sets read are unreadable (default 0.01)",
+    )
     p.add_argument("--seed", type=int, default=d.seed, help="seed of the data order, noise and new weights")
     p.add_argument("--log-every", type=int, default=d.log_every, help="steps between log lines")
     p.add_argument("--num-workers", type=int, default=d.num_workers, help="data loading processes")

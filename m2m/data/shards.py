@@ -238,6 +238,48 @@ def shard_paths(shards_dir: str | Path) -> list[Path]:
     return sorted(folder.glob(f"{SHARD_PREFIX}[0-9]*.tar"))
 
 
+def check_complete_set(folder: Path, tars: list[Path]) -> None:
+    """Every sidecar has its tar, and the shard indices run without a gap from the first to the last."""
+    names = {tar.name for tar in tars}
+    for sidecar in sorted(folder.glob(f"{SHARD_PREFIX}[0-9]*.json")):
+        if sidecar.with_suffix(".tar").name not in names:
+            raise ValueError(f"{sidecar}: sidecar without its shard {sidecar.with_suffix('.tar').name}; "
+                             "rerun generate-mis for this shard")
+    indices = sorted(int(tar.stem[len(SHARD_PREFIX):]) for tar in tars)
+    gaps = sorted(set(range(indices[0], indices[-1] + 1)) - set(indices))
+    if gaps:
+        raise ValueError(f"{folder}: shard {folder / shard_name(gaps[0])} is missing between "
+                         f"{shard_name(indices[0])} and {shard_name(indices[-1])}; rerun generate-mis --shard {gaps[0]}")
+
+
+def verify_shards(manifest_path: str | Path) -> dict:
+    """Every shard the manifest lists has the sha256 recorded there; returns the manifest.
+
+    Training reads shards by name: a shard regenerated or damaged after ``build-manifest`` would
+    change the data under an unchanged manifest (and split). Also fills ``images_per_set``: the
+    fewest images a set of these shards has (from the sidecars).
+    """
+    path = Path(manifest_path)
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+        root = path.parent / manifest["shards_dir"]
+        entries = [(root / shard["name"], shard["sha256"]) for shard in manifest["shards"]]
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as err:
+        raise ValueError(f"{path}: not an MIS manifest ({type(err).__name__}: {err}); run `m2m build-manifest`") from None
+    sizes = []
+    for tar, expected in entries:
+        if not tar.is_file():
+            raise FileNotFoundError(f"{tar}: shard listed in {path} not found")
+        digest = sha256_file(tar)
+        if digest != expected:
+            raise ValueError(f"{tar}: sha256 {digest[:12]}... differs from {path} ({expected[:12]}...); "
+                             "the shard changed after build-manifest: rerun build-manifest (or generate-mis)")
+        settings = (read_sidecar(tar) or {}).get("settings", {})
+        if "images_per_caption" in settings:
+            sizes.append(int(settings["images_per_caption"]))
+    return {**manifest, "images_per_set": min(sizes) if sizes else None}
+
+
 def build_manifest(
     shards_dir: str | Path, out: str | Path, test_percent: float = 10, split_out: str | Path | None = None
 ) -> dict:
@@ -251,6 +293,7 @@ def build_manifest(
     tars = shard_paths(shards_dir)
     if not tars:
         raise ValueError(f"{shards_dir}: no {SHARD_PREFIX}*.tar shards")
+    check_complete_set(Path(shards_dir), tars)
     entries, split = [], {name: [] for name in SPLITS}
     for tar in tqdm(tars, unit="shards", desc="verify"):
         sidecar = read_sidecar(tar)

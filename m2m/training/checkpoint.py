@@ -21,6 +21,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from m2m.data import write_json
+from m2m.weights import verify_safetensors
 
 PATTERN = re.compile(r"checkpoint-(\d+)")
 TRAINER_STATE = "trainer_state.json"
@@ -129,6 +130,7 @@ def load_checkpoint(accelerator, folder: str | Path, noise: torch.Generator, ema
     """Restore model, optimizer, scheduler, RNGs, noise generator and EMA; returns this process's data position."""
     folder = Path(folder)
     rank = accelerator.process_index
+    verify_safetensors(folder)
     for name in (f"data_{rank}.json", f"noise_{rank}.safetensors"):
         if not (folder / name).is_file():
             raise FileNotFoundError(f"{folder / name}: missing; the checkpoint was made by fewer processes")
@@ -139,11 +141,18 @@ def load_checkpoint(accelerator, folder: str | Path, noise: torch.Generator, ema
     return json.loads((folder / f"data_{rank}.json").read_text(encoding="utf-8"))
 
 
+def differences(saved: dict, current: dict) -> list[str]:
+    """``key=saved, this run has current`` for each setting that differs."""
+    return [
+        f"{key}={saved.get(key)!r}, this run has {value!r}" for key, value in current.items() if saved.get(key) != value
+    ]
+
+
 def check_settings(folder: str | Path, saved: dict, current: dict) -> None:
     """A run resumes only with the settings its checkpoint was made with (steps, logging may change)."""
-    for key, value in current.items():
-        if saved.get(key) != value:
-            raise ValueError(
-                f"{Path(folder) / TRAINER_STATE}: made with {key}={saved.get(key)!r}, this run has {value!r}; "
-                "resume with the same setting or use another --checkpoint-dir"
-            )
+    differ = differences(saved, current)
+    if differ:
+        raise ValueError(
+            f"{Path(folder) / TRAINER_STATE}: made with {differ[0]}; "
+            "resume with the same setting and data or use another --checkpoint-dir"
+        )

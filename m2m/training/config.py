@@ -61,7 +61,8 @@ class TrainConfig:
     checkpoint_every: int | None = None  # 0: no checkpoints
     checkpoint_dir: Path | None = None  # None: "<out>.ckpt"
     keep_checkpoints: int = 2
-    resume: bool = False
+    resume: bool | str = False  # True: the latest checkpoint; "auto": the latest made with these settings
+    max_skipped: float = 0.01  # share of unreadable sets read before training fails
     seed: int = 0
     log_every: int = 10
     num_workers: int = 0
@@ -112,7 +113,9 @@ class TrainConfig:
         need(self.task is not None or self.data is not None, "data", "an MIS dataset folder is required")
         need(self.steps is None or self.steps >= 1, "steps", "must be at least 1")
         need(self.n_images >= 2, "n_images", "must be at least 2 (image 1 has no preceding image to attend to)")
-        need(self.lr > 0, "lr", "must be positive")
+        need(0 < self.lr <= 1, "lr", "must be in (0, 1]")
+        need(self.resume in (False, True, "auto"), "resume", "must be off, on or auto")
+        need(0 <= self.max_skipped < 1, "max_skipped", "must be a fraction in [0, 1)")
         need(self.weight_decay >= 0, "weight_decay", "must be non-negative")
         need(self.max_grad_norm > 0, "max_grad_norm", "must be positive")
         for field in ("p_uncond", "p_drop_condition"):

@@ -6,6 +6,7 @@ resumed run reads the same sets an uninterrupted run would have.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import random
@@ -157,6 +158,42 @@ def training_data(cfg: TrainConfig, image_size: int, rank: int, world_size: int,
     if n_train == 0:
         raise ValueError(f"{loader.manifest}: the train split is empty")
     return Endless(loader, cfg.data), math.ceil(n_train / cfg.batch_size)
+
+
+def check_mis(cfg: TrainConfig) -> dict:
+    """Before training: every shard matches the manifest's sha256 and holds sets of at least N images."""
+    from m2m.data.loader import resolve_mis
+    from m2m.data.shards import verify_shards
+
+    _, manifest_path = resolve_mis(cfg.data)
+    if manifest_path is None:
+        raise FileNotFoundError(f"--data {cfg.data}: no manifest.json (run `m2m build-manifest`)")
+    manifest = verify_shards(manifest_path)
+    if manifest["images_per_set"] is not None and cfg.n_images > manifest["images_per_set"]:
+        raise ValueError(f"--n-images: {cfg.n_images} images per set, but the sets of {cfg.data} have "
+                         f"{manifest['images_per_set']}, got {cfg.n_images}")
+    return manifest
+
+
+def data_digest(cfg: TrainConfig) -> str:
+    """What a checkpoint's data was, for ``--resume``: the MIS manifest's sha256 (it lists every shard's),
+    or a task folder's file names and sizes; plus the ``--init`` model's weights."""
+    digest = hashlib.sha256()
+    if cfg.task is None:
+        from m2m.data.loader import resolve_mis
+
+        manifest = resolve_mis(cfg.data)[1]
+        digest.update(manifest.read_bytes() if manifest is not None else str(cfg.data).encode())
+    else:
+        root = Path(cfg.task_data)
+        for path in sorted(p for p in root.rglob("*") if p.is_file()):
+            digest.update(f"{path.relative_to(root)}:{path.stat().st_size}\n".encode())
+    if cfg.init is not None:
+        from m2m.data.shards import sha256_file
+
+        for path in sorted(Path(cfg.init).rglob("*.safetensors")):
+            digest.update(sha256_file(path).encode())
+    return digest.hexdigest()
 
 
 def heldout_sets(cfg: TrainConfig, image_size: int) -> tuple[torch.Tensor, torch.Tensor | None]:

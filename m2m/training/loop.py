@@ -21,8 +21,9 @@ from accelerate.logging import get_logger
 
 from m2m.training import checkpoint
 from m2m.training.config import TrainConfig
-from m2m.training.data import heldout_sets, stored_encodings, training_data
+from m2m.training.data import check_mis, data_digest, heldout_sets, stored_encodings, training_data
 from m2m.training.objective import clean_context, m2m_loss
+from m2m.weights import verify_safetensors
 
 logger = get_logger(__name__)
 
@@ -44,6 +45,7 @@ def load_pipeline(cfg: TrainConfig):
     if cfg.init is not None:
         if not (Path(cfg.init) / "model_index.json").is_file():
             raise FileNotFoundError(f"{cfg.init}: not an M2M pipeline folder (model_index.json missing)")
+        verify_safetensors(cfg.init)
         pipe = M2MPipeline.from_pretrained(cfg.init, dtype=torch.float32)  # fp32 master weights
         if pipe.variant != cfg.variant:
             raise ValueError(f"--init {cfg.init}: an M2M-{pipe.variant} model, but --variant is {cfg.variant}")
@@ -112,6 +114,17 @@ def write_model_folder(
 # -- the loop ------------------------------------------------------------------------------------
 
 
+def check_skipped(cfg: TrainConfig, data, sets_used: int) -> None:
+    """Fail when more than ``--max-skipped`` of the sets read were skipped as unreadable (MIS only)."""
+    position = data.state_dict()
+    skipped = position.get("corrupt", 0) + position.get("read_errors", 0)
+    if skipped and skipped > cfg.max_skipped * (sets_used + skipped):
+        raise ValueError(
+            f"--data {cfg.data}: {skipped} of {sets_used + skipped} sets read were skipped as unreadable "
+            f"(more than --max-skipped {cfg.max_skipped:g}); the warnings above name the shards: rebuild them"
+        )
+
+
 @dataclass
 class Progress:
     """Where a run stands; saved in every checkpoint."""
@@ -123,9 +136,31 @@ class Progress:
     resumed_from: int | None = None
 
 
+def resumable(cfg: TrainConfig, settings: dict) -> Path | None:
+    """The checkpoint to resume from. ``--resume``: the latest (its settings must match, else an
+    error); ``--resume auto``: the newest whole checkpoint made with these settings and data, else none."""
+    if not cfg.resume:
+        return None
+    if cfg.resume != "auto":
+        return checkpoint.latest_checkpoint(cfg.checkpoints)
+    for folder in reversed(checkpoint.list_checkpoints(cfg.checkpoints)):
+        try:
+            verify_safetensors(folder)
+            saved = checkpoint.read_trainer_state(folder)["settings"]
+        except ValueError as err:
+            logger.warning(f"--resume auto: skipping {folder} ({err})")
+            continue
+        differ = checkpoint.differences(saved, settings)
+        if differ:
+            logger.info(f"--resume auto: {folder} was made with other settings ({differ[0]}); starting afresh")
+            return None
+        return folder
+    return None
+
+
 def resume(cfg: TrainConfig, accelerator, settings: dict, data, noise, ema, param_names) -> Progress:
-    """Restore the latest checkpoint when ``--resume`` finds one; else a fresh start."""
-    latest = checkpoint.latest_checkpoint(cfg.checkpoints) if cfg.resume else None
+    """Restore the checkpoint ``--resume`` picks; else a fresh start."""
+    latest = resumable(cfg, settings)
     if latest is None:
         if cfg.resume:
             logger.info(f"--resume: no checkpoint in {cfg.checkpoints}; starting at step 0")
@@ -144,11 +179,12 @@ def resume(cfg: TrainConfig, accelerator, settings: dict, data, noise, ema, para
 
 
 def train_metrics(
-    cfg: TrainConfig, accelerator, pipe, progress: Progress, epoch_steps: int, settings: dict, stored=()
+    cfg: TrainConfig, accelerator, pipe, progress: Progress, epoch_steps: int, settings: dict, data, stored=()
 ) -> dict:
     """``train_metrics.json``: loss, speed, size and the settings of the run (``stored``: the encodings read
     from the shards rather than computed)."""
     losses, step, train_s = progress.losses, progress.step, progress.train_s
+    position = data.state_dict()
     tail = losses[-max(1, len(losses) // 10) :]
     images = step * cfg.batch_size * cfg.n_images
     return {
@@ -164,6 +200,8 @@ def train_metrics(
             "frozen": sum(p.numel() for m in (pipe.vae, pipe.image_encoder) if m is not None for p in m.parameters()),
         },
         "resumed_from": progress.resumed_from,
+        "skipped_samples": position.get("corrupt", 0),
+        "skipped_shard_parts": position.get("read_errors", 0),
         "device": str(accelerator.device),
         "num_processes": accelerator.num_processes,
         "gradient_accumulation": accelerator.gradient_accumulation_steps,
@@ -192,6 +230,9 @@ def train(config: TrainConfig) -> dict | None:
     accelerator.gradient_accumulation_steps = cfg.accumulation_steps(accelerator.num_processes)
     device, rank = accelerator.device, accelerator.process_index
 
+    if cfg.task is None and accelerator.is_main_process:
+        check_mis(cfg)  # every shard as the manifest recorded it, sets of at least N images
+    accelerator.wait_for_everyone()
     set_seed(cfg.seed)  # fixes the weights a task condition adds to a pre-trained model
     pipe = load_pipeline(cfg).to(device)
     unet = pipe.unet.train()
@@ -213,6 +254,7 @@ def train(config: TrainConfig) -> dict | None:
 
     settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(cfg).items() if k in RESUME_SETTINGS}
     settings["num_processes"] = accelerator.num_processes
+    settings["data_digest"] = data_digest(cfg)
     progress = resume(cfg, accelerator, settings, data, noise, ema, param_names)
     if progress.step > total:
         logger.info(f"the checkpoint is at step {progress.step}, past --steps {total}: nothing to train")
@@ -227,62 +269,66 @@ def train(config: TrainConfig) -> dict | None:
         total=total, initial=min(progress.step, total), unit="step", desc="train",
         disable=not accelerator.is_local_main_process,
     )
-    t_run = t_step = t_log = time.perf_counter()
-    micro_losses, log_from, batches = [], progress.step, iter(data)
-    while progress.step < total:
-        batch = next(batches)
-        images = batch["images"].to(device, non_blocking=True)
-        conditions = batch["cond"].to(device) if cfg.task is not None else None
-        with accelerator.accumulate(prepared):
-            with torch.no_grad(), accelerator.autocast():
-                context = clean_context(pipe, images, *(batch.get(name) for name in stored))
-            loss = m2m_loss(
-                pipe, noise_scheduler, images, conditions, p_uncond=cfg.p_uncond,
-                p_drop_condition=cfg.p_drop_condition, generator=noise, precomputed=context, unet=prepared,
-            )
-            accelerator.backward(loss)
-            if accelerator.sync_gradients:
-                accelerator.clip_grad_norm_(prepared.parameters(), cfg.max_grad_norm)
-            optimizer.step()
-            lr_scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-        micro_losses.append(loss.detach())
-        if not accelerator.sync_gradients:  # accumulating: the optimizer step comes later
-            continue
+    try:
+        t_run = t_step = t_log = time.perf_counter()
+        micro_losses, log_from, batches = [], progress.step, iter(data)
+        while progress.step < total:
+            batch = next(batches)
+            images = batch["images"].to(device, non_blocking=True)
+            conditions = batch["cond"].to(device) if cfg.task is not None else None
+            with accelerator.accumulate(prepared):
+                with torch.no_grad(), accelerator.autocast():
+                    context = clean_context(pipe, images, *(batch.get(name) for name in stored))
+                loss = m2m_loss(
+                    pipe, noise_scheduler, images, conditions, p_uncond=cfg.p_uncond,
+                    p_drop_condition=cfg.p_drop_condition, generator=noise, precomputed=context, unet=prepared,
+                )
+                accelerator.backward(loss)
+                if accelerator.sync_gradients:
+                    accelerator.clip_grad_norm_(prepared.parameters(), cfg.max_grad_norm)
+                optimizer.step()
+                lr_scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+            micro_losses.append(loss.detach())
+            if not accelerator.sync_gradients:  # accumulating: the optimizer step comes later
+                continue
 
-        if ema is not None:
-            ema.step(unet.parameters())
-        step_loss = accelerator.gather(torch.stack(micro_losses).mean().reshape(1)).mean().item()
-        micro_losses = []
-        progress.step += 1
-        if not math.isfinite(step_loss):
-            raise FloatingPointError(f"loss is {step_loss} at step {progress.step}; lower --lr (checkpoints are kept)")
-        progress.losses.append(step_loss)
-        now = time.perf_counter()
-        progress.train_s += now - t_step
-        bar.update(1)
-        bar.set_postfix(loss=f"{step_loss:.4f}", img_s=f"{images_per_step / (now - t_step):.1f}")
-        if progress.step % cfg.log_every == 0 or progress.step == total:
-            window = progress.losses[log_from:]
-            logger.info(
-                f"step {progress.step}/{total} loss {sum(window) / len(window):.4f} "
-                f"img/s {images_per_step * len(window) / (now - t_log):.1f} lr {lr_scheduler.get_last_lr()[0]:.2e}"
-            )
-            t_log, log_from = now, progress.step
-        if cfg.checkpoint_every and (progress.step % cfg.checkpoint_every == 0 or progress.step == total):
-            state = {
-                "losses": progress.losses, "elapsed_s": progress.elapsed_s + time.perf_counter() - t_run,
-                "train_s": progress.train_s, "settings": settings,
-            }
-            saved = checkpoint.save_checkpoint(
-                accelerator, cfg.checkpoints, progress.step, state, data.state_dict(), noise, ema, param_names,
-                cfg.keep_checkpoints,
-            )
-            logger.info(f"checkpoint: {saved}")
-        t_step = time.perf_counter()
-    bar.close()
+            if ema is not None:
+                ema.step(unet.parameters())
+            step_loss = accelerator.gather(torch.stack(micro_losses).mean().reshape(1)).mean().item()
+            micro_losses = []
+            progress.step += 1
+            if not math.isfinite(step_loss):
+                raise FloatingPointError(f"loss is {step_loss} at step {progress.step}; lower --lr (checkpoints are kept)")
+            progress.losses.append(step_loss)
+            now = time.perf_counter()
+            progress.train_s += now - t_step
+            bar.update(1)
+            bar.set_postfix(loss=f"{step_loss:.4f}", img_s=f"{images_per_step / (now - t_step):.1f}")
+            if progress.step % cfg.log_every == 0 or progress.step == total:
+                window = progress.losses[log_from:]
+                logger.info(
+                    f"step {progress.step}/{total} loss {sum(window) / len(window):.4f} "
+                    f"img/s {images_per_step * len(window) / (now - t_log):.1f} lr {lr_scheduler.get_last_lr()[0]:.2e}"
+                )
+                t_log, log_from = now, progress.step
+            if cfg.checkpoint_every and (progress.step % cfg.checkpoint_every == 0 or progress.step == total):
+                check_skipped(cfg, data, progress.step * cfg.batch_size // accelerator.num_processes)
+                state = {
+                    "losses": progress.losses, "elapsed_s": progress.elapsed_s + time.perf_counter() - t_run,
+                    "train_s": progress.train_s, "settings": settings,
+                }
+                saved = checkpoint.save_checkpoint(
+                    accelerator, cfg.checkpoints, progress.step, state, data.state_dict(), noise, ema, param_names,
+                    cfg.keep_checkpoints,
+                )
+                logger.info(f"checkpoint: {saved}")
+            t_step = time.perf_counter()
+    finally:
+        bar.close()  # an error is printed on a line of its own, after the bar
     progress.elapsed_s += time.perf_counter() - t_run
 
+    check_skipped(cfg, data, progress.step * cfg.batch_size // accelerator.num_processes)
     accelerator.wait_for_everyone()
     metrics = None
     if accelerator.is_main_process:
@@ -291,7 +337,7 @@ def train(config: TrainConfig) -> dict | None:
             ema.copy_to(unet.parameters())
         unet.eval()
         grid = sample_grid(pipe, cfg, *heldout)
-        metrics = train_metrics(cfg, accelerator, pipe, progress, epoch_steps, settings, stored)
+        metrics = train_metrics(cfg, accelerator, pipe, progress, epoch_steps, settings, data, stored)
         write_model_folder(cfg.out, pipe, metrics, progress.losses, grid)
         logger.info(f"wrote {cfg.out}: final loss {metrics['final_loss']}, {metrics['images_per_s'] or 0:.1f} img/s")
     accelerator.wait_for_everyone()

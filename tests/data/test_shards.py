@@ -180,6 +180,22 @@ def test_manifest_names_a_tampered_or_unsealed_shard(tmp_path, captions_parquet,
     assert not (tmp_path / "manifest.json").exists()
 
 
+def test_manifest_names_a_missing_shard(tmp_path, captions_parquet, colour_generator):
+    for shard in (0, 1, 2):
+        write_shard(captions_parquet, tmp_path, shard, colour_generator, samples_per_shard=4, images_per_caption=1)
+    (tmp_path / "mis-000002.tar").unlink()  # the sidecar is left without its shard
+    with pytest.raises(ValueError, match=r"mis-000002\.json: sidecar without its shard mis-000002\.tar"):
+        build_manifest(tmp_path, tmp_path / "manifest.json")
+    (tmp_path / "mis-000002.json").unlink()
+    (tmp_path / "mis-000002.tar").touch()
+    (tmp_path / "mis-000002.json").write_text((tmp_path / "mis-000001.json").read_text())
+    for suffix in (".tar", ".json"):  # shard 1 gone whole: a gap between 0 and 2
+        (tmp_path / f"mis-000001{suffix}").unlink()
+    with pytest.raises(ValueError, match=r"mis-000001\.tar is missing between mis-000000\.tar and mis-000002\.tar"):
+        build_manifest(tmp_path, tmp_path / "manifest.json")
+    assert not (tmp_path / "manifest.json").exists()
+
+
 def test_cli_generates_then_builds_the_manifest(tmp_path, captions_parquet, capsys):
     out = tmp_path / "shards"
     common = ["--captions", str(captions_parquet), "--out", str(out), "--samples-per-shard", "3"]

@@ -72,14 +72,38 @@ def test_a_missing_captions_file_is_named(project):
 
 
 @pytest.mark.slow
-def test_a_broken_param_value_fails_with_the_commands_error_and_changes_nothing(copy_of_chain):
+def test_a_broken_param_value_is_refused_by_its_key_and_changes_nothing(copy_of_chain):
     before = snapshot(copy_of_chain)
     set_param(copy_of_chain, "pretrain.steps", -3)
     result = materialize(copy_of_chain, "m2m_self_pretrained")
     assert not result.success
     (message,) = failure_messages(result)
-    assert message.startswith("m2m_self_pretrained: m2m train: error: ") and "steps" in message
+    assert message.startswith("m2m_self_pretrained: ") and "params.yaml: pretrain.steps: expected an integer" in message
     assert "\n" not in message
+    assert snapshot(copy_of_chain) == before
+
+
+@pytest.mark.parametrize("key", ["preset", "weights.sd"])
+def test_shell_code_in_params_never_runs(copy_of_chain, key):
+    before = snapshot(copy_of_chain)
+    set_param(copy_of_chain, key, "tiny; touch PWNED #")
+    result = materialize(copy_of_chain, "m2m_self_pretrained")
+    (message,) = failure_messages(result)
+    assert f"params.yaml: {key}:" in message
+    assert not (copy_of_chain / "PWNED").exists()
+    assert snapshot(copy_of_chain) == before
+
+
+def test_a_command_that_fails_fails_its_asset_and_nothing_is_committed(copy_of_chain):
+    before = snapshot(copy_of_chain)
+    dvc_yaml = copy_of_chain / "dvc.yaml"
+    # A stage command that exits non-zero after its output changed: the run fails, dvc.lock keeps the old entry.
+    text = dvc_yaml.read_text().replace("--seed ${pretrain.seed} --sample-steps", "--seed ${pretrain.seed} --no-such-flag 1 --sample-steps", 1)
+    dvc_yaml.write_text(text)
+    result = materialize(copy_of_chain, "m2m_self_pretrained")
+    assert not result.success
+    (message,) = failure_messages(result)
+    assert "unrecognized arguments: --no-such-flag" in message
     assert snapshot(copy_of_chain) == before
 
 
