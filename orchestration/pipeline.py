@@ -43,11 +43,17 @@ def failures(result: dg.ExecuteInProcessResult) -> list[str]:
     return lines
 
 
-def run_job(job: dg.JobDefinition, instance: dg.DagsterInstance, label: str, partition_key: str | None = None) -> bool:
+def run_job(
+    job: dg.JobDefinition,
+    instance: dg.DagsterInstance,
+    label: str,
+    partition_key: str | None = None,
+    run_config: dict | None = None,
+) -> bool:
     print(f"\n=== {label} ===", flush=True)
     start = time.monotonic()
     result = job.execute_in_process(
-        run_config=RUN_CONFIG, instance=instance, partition_key=partition_key, raise_on_error=False,
+        run_config=run_config or RUN_CONFIG, instance=instance, partition_key=partition_key, raise_on_error=False,
         tags=recovery.owner_tags(),
     )
     if INTERRUPTED.is_set():
@@ -105,7 +111,14 @@ def summary(root: Path) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m orchestration.pipeline", description=__doc__.split("\n\n")[0])
     parser.add_argument("--no-promote", action="store_true", help="leave the registry's champion alias alone")
+    parser.add_argument(
+        "--num-processes", type=int, metavar="N",
+        help="training processes under accelerate launch (DDP; the compute resource's num_processes)",
+    )
     args = parser.parse_args(argv)
+    run_config = dict(RUN_CONFIG)
+    if args.num_processes is not None:
+        run_config["resources"] = {"compute": {"config": {"num_processes": args.num_processes}}}
     root = project_root()
     os.environ.setdefault("DAGSTER_HOME", str(root / ".dagster"))
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -128,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_promote:
         steps.append((defs.resolve_job_def(promote_champion.name), "registry: promote challengers", None))
     for job, label, partition in steps:
-        if not run_job(job, instance, label, partition):
+        if not run_job(job, instance, label, partition, run_config):
             elapsed = time.monotonic() - start
             print(f"\nThe pipeline stopped after {elapsed:.0f} s; see the error above (the whole run log: "
                   "`dagster dev`, Runs).", file=sys.stderr)

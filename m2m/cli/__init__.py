@@ -21,6 +21,7 @@ COMMANDS = [
     ("sample", "m2m.cli.sample"),
     ("evaluate", "m2m.cli.evaluate"),
     ("promote", "m2m.cli.promote"),
+    ("check-weights", "m2m.cli.check_weights"),
 ]
 
 DESCRIPTION = """\
@@ -36,6 +37,7 @@ The pipeline, in order (each step is also a Dagster asset and a DVC stage):
   sample            input images -> generated images + a grid PNG (eq. 6/7)
   evaluate          Table 1 metrics per n-th generated image
   promote           move the registry alias 'champion' when the challenger is better
+  check-weights     validate weights folders before a long run (sd21)
 """
 
 

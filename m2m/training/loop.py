@@ -179,9 +179,10 @@ def resume(cfg: TrainConfig, accelerator, settings: dict, data, noise, ema, para
 
 
 def train_metrics(
-    cfg: TrainConfig, accelerator, pipe, progress: Progress, epoch_steps: int, settings: dict, data
+    cfg: TrainConfig, accelerator, pipe, progress: Progress, epoch_steps: int, settings: dict, data, stored=()
 ) -> dict:
-    """``train_metrics.json``: loss, speed, size and the settings of the run."""
+    """``train_metrics.json``: loss, speed, size and the settings of the run (``stored``: the encodings read
+    from the shards rather than computed)."""
     losses, step, train_s = progress.losses, progress.step, progress.train_s
     position = data.state_dict()
     tail = losses[-max(1, len(losses) // 10) :]
@@ -205,6 +206,8 @@ def train_metrics(
         "num_processes": accelerator.num_processes,
         "gradient_accumulation": accelerator.gradient_accumulation_steps,
         "mixed_precision": cfg.mixed_precision,
+        "gradient_checkpointing": cfg.gradient_checkpointing,
+        "stored_encodings": list(stored),
         **settings,
     }
 
@@ -334,7 +337,7 @@ def train(config: TrainConfig) -> dict | None:
             ema.copy_to(unet.parameters())
         unet.eval()
         grid = sample_grid(pipe, cfg, *heldout)
-        metrics = train_metrics(cfg, accelerator, pipe, progress, epoch_steps, settings, data)
+        metrics = train_metrics(cfg, accelerator, pipe, progress, epoch_steps, settings, data, stored)
         write_model_folder(cfg.out, pipe, metrics, progress.losses, grid)
         logger.info(f"wrote {cfg.out}: final loss {metrics['final_loss']}, {metrics['images_per_s'] or 0:.1f} img/s")
     accelerator.wait_for_everyone()

@@ -40,8 +40,9 @@ def git(cwd: Path, *args: str) -> None:
     subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True)
 
 
-def make_project(dest: Path, overrides: dict | None = None) -> Path:
-    """Copy the pipeline definition, the library sources and ``weights/tiny`` into ``dest`` (a new git repo)."""
+def make_project(dest: Path, overrides: dict | None = None, params_file: str = "params.yaml") -> Path:
+    """Copy the pipeline definition, the library sources and ``weights/tiny`` into ``dest`` (a new git repo),
+    with ``params_file`` (a preset) and ``overrides`` as its params.yaml."""
     dest.mkdir(parents=True, exist_ok=True)
     for name in ("dvc.yaml", ".dvcignore"):
         shutil.copy(REPO / name, dest / name)
@@ -50,10 +51,10 @@ def make_project(dest: Path, overrides: dict | None = None) -> Path:
         shutil.copy(REPO / ".dvc" / name, dest / ".dvc" / name)
     shutil.copytree(REPO / "m2m", dest / "m2m", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     shutil.copytree(REPO / "weights" / "tiny", dest / "weights" / "tiny")
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params = yaml.safe_load((REPO / params_file).read_text())
     overrides = TINY_TEST_PARAMS if overrides is None else overrides
     (dest / "params.yaml").write_text(yaml.safe_dump(merge(params, overrides), sort_keys=False))
-    (dest / ".gitignore").write_text("/assets/\n/mlflow/\n/.dvc-remote/\n")
+    (dest / ".gitignore").write_text("/assets/\n/mlflow/\n/.dvc-remote/\n/weights/*\n!/weights/tiny/\n")
     git(dest, "init", "-q")
     git(dest, "add", ".")
     git(dest, "-c", "user.name=test", "-c", "user.email=test@example.org", "commit", "-q", "-m", "project")
@@ -79,8 +80,8 @@ class Chain:
     output: str
 
 
-def run_main_command(root: Path) -> Chain:
-    """``python -m orchestration.pipeline`` on the project at ``root``, in this process; its
+def run_main_command(root: Path, argv: list[str] | None = None) -> Chain:
+    """``python -m orchestration.pipeline [argv]`` on the project at ``root``, in this process; its
     output is kept (and echoed for the test report)."""
     from orchestration import pipeline
 
@@ -90,7 +91,7 @@ def run_main_command(root: Path) -> Chain:
             patch.setenv(key, value)
         patch.delenv("MLFLOW_TRACKING_URI", raising=False)
         start = time.monotonic()
-        code = pipeline.main([])
+        code = pipeline.main(argv or [])
         seconds = time.monotonic() - start
     print(output.getvalue())
     return Chain(root, code, seconds, output.getvalue())
