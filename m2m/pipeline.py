@@ -186,7 +186,7 @@ class M2MPipeline(DiffusionPipeline):
         unet.reset_cache()
         if use_cache and n_given:
             first = max(0, n_given - window)  # earlier images never enter the window
-            unet.encode_context(context_of(first, n_given), branch_cond(slice(first, n_given)))
+            unet.encode_context(context_of(first, n_given), branch_cond(slice(first, n_given)), keep=window)
 
         self.scheduler.set_timesteps(num_inference_steps, device=device)
         config = unet.config.unet_config
@@ -222,7 +222,9 @@ class M2MPipeline(DiffusionPipeline):
                 memory_pixels.append(image)
                 memory_latents.append(latents)
                 if use_cache and i + 1 < num_images:
-                    unet.encode_context(context_of(position, position + 1), branch_cond(slice(position, position + 1)))
+                    unet.encode_context(
+                        context_of(position, position + 1), branch_cond(slice(position, position + 1)), keep=window
+                    )
         unet.reset_cache()
 
         images_out = (torch.cat(outputs, 1).float() + 1) / 2

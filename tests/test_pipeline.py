@@ -30,6 +30,30 @@ def test_cached_sampler_equals_uncached(pipe, images):
     assert torch.allclose(cached, uncached, atol=1e-5)
 
 
+def test_the_cache_holds_at_most_the_window(pipe, images, monkeypatch):
+    """Memory stays flat along a sequence: images that left the window W are dropped from the cache."""
+    sizes, encode = [], pipe.unet.encode_context
+
+    def recording(*args, **kwargs):
+        encode(*args, **kwargs)
+        sizes.append(pipe.unet.n_cached)
+
+    monkeypatch.setattr(pipe.unet, "encode_context", recording)
+    sample(pipe, images, num_images=8, window=2, num_inference_steps=1)
+    assert sizes == [2] * 8  # the 3 given images, then 7 generated ones join: never more than W
+    monkeypatch.undo()
+    cached = sample(pipe, images, num_images=4, window=2, guidance_scale=3.0)
+    assert torch.allclose(cached, sample(pipe, images, num_images=4, window=2, guidance_scale=3.0, use_cache=False), atol=1e-5)
+
+
+def test_more_visible_images_than_cached_is_a_clear_error(pipe, images):
+    pipe.unet.reset_cache()
+    config = pipe.unet.config.unet_config
+    noisy = torch.zeros(1, 1, config["in_channels"], config["sample_size"], config["sample_size"])
+    with pytest.raises(ValueError, match="cannot see 2 images: 0 are cached"):
+        pipe.unet(noisy, 10, visible=[2])
+
+
 def test_generator_makes_sampling_reproducible(pipe, images):
     assert torch.equal(sample(pipe, images), sample(pipe, images))
 

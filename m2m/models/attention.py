@@ -75,6 +75,7 @@ class SetState:
     n_context: int = 0
     visible: list[int] = field(default_factory=list)
     window: int | None = None
+    keep: int | None = None  # "encode": how many newest images the cache keeps (W); None: all
     context: torch.Tensor | None = None
     cond_query: torch.Tensor | None = None
     cond_context: torch.Tensor | None = None
@@ -130,11 +131,14 @@ class ImageSetAttnProcessor(nn.Module):
         v = attn.to_v(context)
         return k.unflatten(0, (batch, -1)), v.unflatten(0, (batch, -1))
 
-    def store(self, attn, context: torch.Tensor, batch: int) -> None:
-        """Append the keys/values of clean context tokens ``(B*Nc, L, C)`` to the cache."""
+    def store(self, attn, context: torch.Tensor, batch: int, keep: int | None = None) -> None:
+        """Append the keys/values of clean context tokens ``(B*Nc, L, C)`` to the cache, keeping only the
+        newest ``keep`` images (the window W): images that left the window are never attended again."""
         k, v = self._project_context(attn, context, batch)
         self.cache_k = k if self.cache_k is None else torch.cat([self.cache_k, k], 1)
         self.cache_v = v if self.cache_v is None else torch.cat([self.cache_v, v], 1)
+        if keep is not None:
+            self.cache_k, self.cache_v = self.cache_k[:, -keep:], self.cache_v[:, -keep:]
         self._window_kv = None
 
     def _cached_window(self) -> tuple[torch.Tensor, torch.Tensor, int]:
@@ -149,7 +153,7 @@ class ImageSetAttnProcessor(nn.Module):
         s = self.state
         batch = s.batch
         if s.mode == "encode":
-            self.store(attn, self._add_condition(hidden_states, s.cond_context), batch)
+            self.store(attn, self._add_condition(hidden_states, s.cond_context), batch, s.keep)
             return torch.zeros_like(hidden_states)
 
         if s.mode == "joint":

@@ -142,16 +142,19 @@ class M2MUNet(ModelMixin, ConfigMixin):
         return features + self.context_condition(cond.to(features.dtype))[:, :, None, :]
 
     @torch.no_grad()
-    def encode_context(self, context: torch.Tensor, cond_context: torch.Tensor | None = None) -> None:
+    def encode_context(
+        self, context: torch.Tensor, cond_context: torch.Tensor | None = None, keep: int | None = None
+    ) -> None:
         """Cache the keys/values of clean context images; they join the end of the cache.
 
         ``context`` is ``(B, Nc, C, h, w)`` clean latents (Self: one UNet pass at t = 0) or
         ``(B, Nc, S, D)`` DINOv2 features (DINO). Computed once per context image, the cache serves every
-        denoising step and every later auto-regressive step.
+        denoising step and every later auto-regressive step. ``keep`` (the window W) bounds the cache to
+        the newest images, so its memory stays flat however long the sequence grows.
         """
         batch, n_context = context.shape[:2]
         s = self.state
-        s.batch, s.n_context, s.cond_context = batch, n_context, cond_context
+        s.batch, s.n_context, s.cond_context, s.keep = batch, n_context, cond_context, keep
         if self.config.variant == "self":
             s.mode = "encode"
             t0 = torch.zeros(batch * n_context, device=context.device, dtype=torch.long)
@@ -159,7 +162,7 @@ class M2MUNet(ModelMixin, ConfigMixin):
         else:
             features = self._condition_features(context, cond_context).flatten(0, 1)
             for attn, proc in self.image_set_layers():
-                proc.store(attn, features, batch)
+                proc.store(attn, features, batch, keep)
 
     # -- forward --------------------------------------------------------------------------------
 
@@ -195,6 +198,8 @@ class M2MUNet(ModelMixin, ConfigMixin):
             s.mode = "cached"
             n_visible = self.n_cached if window is None else min(window, self.n_cached)
             s.visible = visible if visible is not None else [n_visible] * n_query
+            if max(s.visible, default=0) > self.n_cached:
+                raise ValueError(f"a noisy image cannot see {max(s.visible)} images: {self.n_cached} are cached")
         else:
             n_context = context.shape[1]
             s.n_context = n_context
