@@ -45,6 +45,19 @@ def check_correctness(device: str) -> dict:
     return out
 
 
+def cuda_seconds_per_call(fn, calls: int, warmup: int = 1) -> float:
+    """Mean wall time of ``fn()`` on the GPU after ``warmup`` calls; peak memory counts from the first timed call."""
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    torch.cuda.synchronize()
+    return (time.perf_counter() - start) / calls
+
+
 def train_step_rate(model, kind: str, batch_images: int, n_images: int, device: str, steps: int = 6) -> dict:
     """Noisy images per second of one training step: bf16 autocast forward + backward + AdamW."""
     from diffusers import DDPMScheduler
@@ -89,14 +102,7 @@ def train_step_rate(model, kind: str, batch_images: int, n_images: int, device: 
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    for _ in range(2):
-        step()
-    torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    torch.cuda.synchronize()
-    seconds = (time.perf_counter() - start) / steps
+    seconds = cuda_seconds_per_call(step, steps, warmup=2)
     return {"s_per_step": seconds, "img_per_s": batch_images / seconds,
             "peak_gib": torch.cuda.max_memory_allocated() / 2**30}
 

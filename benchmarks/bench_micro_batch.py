@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 
 import torch
+
+from benchmarks.bench_gpu import cuda_seconds_per_call
 
 
 def measure(variant: str, micro_batch: int, n_images: int, steps: int) -> dict:
@@ -42,14 +43,7 @@ def measure(variant: str, micro_batch: int, n_images: int, steps: int) -> dict:
         optimizer.zero_grad(set_to_none=True)
 
     try:
-        step()
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        start = time.perf_counter()
-        for _ in range(steps):
-            step()
-        torch.cuda.synchronize()
-        seconds = (time.perf_counter() - start) / steps
+        seconds = cuda_seconds_per_call(step, steps, warmup=1)
         row = {"img_per_s": micro_batch * n_images / seconds, "peak_gib": torch.cuda.max_memory_allocated() / 2**30}
     except torch.cuda.OutOfMemoryError:
         row = {"img_per_s": None, "peak_gib": None, "oom": True}
