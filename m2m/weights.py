@@ -41,10 +41,19 @@ def _json(path: Path, problems: list[str]) -> dict | None:
     return data
 
 
-def stored_tensors(folder: Path, stem: str, problems: list[str]) -> dict[str, tuple[str, list[int]]] | None:
-    """name -> (dtype, shape) of ``stem.safetensors`` (or its shards), from the headers; None when unreadable."""
+def tensor_header(file: Path) -> dict[str, tuple[str, list[int]]]:
+    """name -> (dtype, shape) of every tensor a safetensors file's header promises; safetensors raises its
+    own error when the file is missing, truncated or not safetensors."""
     from safetensors import safe_open
 
+    with safe_open(str(file), framework="pt") as handle:
+        return {
+            name: (part.get_dtype(), list(part.get_shape())) for name in handle.keys() for part in [handle.get_slice(name)]
+        }
+
+
+def stored_tensors(folder: Path, stem: str, problems: list[str]) -> dict[str, tuple[str, list[int]]] | None:
+    """name -> (dtype, shape) of ``stem.safetensors`` (or its shards), from the headers; None when unreadable."""
     single, index = folder / f"{stem}.safetensors", folder / f"{stem}.safetensors.index.json"
     if single.is_file():
         files = [single]
@@ -59,10 +68,7 @@ def stored_tensors(folder: Path, stem: str, problems: list[str]) -> dict[str, tu
     tensors: dict[str, tuple[str, list[int]]] = {}
     for file in files:
         try:
-            with safe_open(file, "pt") as handle:
-                for name in handle.keys():
-                    part = handle.get_slice(name)
-                    tensors[name] = (part.get_dtype(), list(part.get_shape()))
+            tensors.update(tensor_header(file))
         except Exception as err:  # missing, truncated or corrupt: safetensors says which
             problems.append(f"{file}: unreadable safetensors ({type(err).__name__}: {err}); download it again")
             return None
@@ -218,12 +224,8 @@ def verify_safetensors(folder: str | Path) -> None:
     Raises ``ValueError`` naming the first file that is truncated or not safetensors at all; loaders
     would otherwise fail with a deserialisation error that names no file.
     """
-    from safetensors import safe_open
-
     for path in sorted(Path(folder).rglob("*.safetensors")):
         try:
-            with safe_open(str(path), framework="pt") as handle:
-                for name in handle.keys():
-                    handle.get_slice(name)
+            tensor_header(path)
         except Exception as err:  # safetensors raises its own error types for every kind of damage
             raise ValueError(f"{path}: unreadable safetensors ({type(err).__name__}: {err})") from None
