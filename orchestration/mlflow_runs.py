@@ -16,6 +16,7 @@ from orchestration.dvc_cli import Dvc
 from orchestration.stages import Stage, StageGroup, producers
 
 TRAINING_EXPERIMENT = "m2m-training"
+REASON_TAG = "m2m.failure_reason"  # why a run was terminated as FAILED
 EVALUATION_EXPERIMENT = "m2m-evaluation"
 
 
@@ -57,21 +58,32 @@ def find_run(experiment_id: str, md5: str):
     return runs[0] if runs else None
 
 
-def fail_unfinished(experiment_id: str, md5: str) -> None:
-    """Terminate as FAILED the runs for ``md5`` still RUNNING: their logging was cut off (a killed
-    pipeline); the run about to be logged replaces them."""
+def fail_running(reason: str, select=lambda run: True, experiment_ids: list[str] | None = None) -> list[str]:
+    """Terminate as FAILED, with ``reason`` in the ``REASON_TAG`` tag, the RUNNING runs that ``select``
+    picks (of ``experiment_ids``, default all): runs whose logging was cut off by a killed pipeline."""
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    from orchestration.recovery import REASON_TAG
-
     client = MlflowClient()
-    for run in mlflow.search_runs(
-        [experiment_id], filter_string=f"tags.`dvc.md5` = '{md5}' and attributes.status = 'RUNNING'",
-        output_format="list",
-    ):
-        client.set_tag(run.info.run_id, REASON_TAG, "logging was cut off; the stage was logged again in a later run")
-        client.set_terminated(run.info.run_id, status="FAILED")
+    experiment_ids = experiment_ids or [e.experiment_id for e in client.search_experiments()]
+    if not experiment_ids:
+        return []
+    failed = []
+    for run in mlflow.search_runs(experiment_ids, filter_string="attributes.status = 'RUNNING'", output_format="list"):
+        if select(run):
+            client.set_tag(run.info.run_id, REASON_TAG, reason)
+            client.set_terminated(run.info.run_id, status="FAILED")
+            failed.append(run.info.run_id)
+    return failed
+
+
+def fail_unfinished(experiment_id: str, md5: str) -> None:
+    """The runs for ``md5`` still RUNNING lost their logging to a killed pipeline; the run about to be logged
+    replaces them."""
+    fail_running(
+        "logging was cut off; the stage was logged again in a later run",
+        lambda run: run.data.tags.get("dvc.md5") == md5, [experiment_id],
+    )
 
 
 def numbers(path: Path) -> dict[str, float]:

@@ -1,6 +1,6 @@
 """Runs left behind by a killed main command: found, marked failed with a reason, their slots freed.
 
-A run the main command starts carries the host and process that run it (``OWNER_TAGS``). When that
+A run the main command starts carries the host and process that run it (``owner_tags``). When that
 process is gone (``kill -9``, a crash, a reboot) the run stays STARTED in the Dagster instance and
 keeps its ``gpu`` pool slot, so the next run would wait for that slot forever; its MLflow run, if
 logging was under way, stays RUNNING. ``recover`` runs before every main command: each such run is
@@ -18,9 +18,10 @@ from pathlib import Path
 import dagster as dg
 from dagster._core.storage.dagster_run import DagsterRunStatus
 
+from orchestration import mlflow_runs
+
 HOST_TAG, PID_TAG, START_TAG = "m2m/host", "m2m/pid", "m2m/process_start"
 IN_PROGRESS = [DagsterRunStatus.STARTING, DagsterRunStatus.STARTED, DagsterRunStatus.CANCELING]
-REASON_TAG = "m2m.failure_reason"
 
 
 def process_start(pid: int) -> str | None:
@@ -59,24 +60,6 @@ def stale_runs(instance: dg.DagsterInstance) -> list:
     return [run for run in runs if owner_is_gone(run.tags)]
 
 
-def fail_mlflow_runs(dagster_run_ids: set[str], reason: str) -> list[str]:
-    """Terminate as FAILED every RUNNING MLflow run opened by one of ``dagster_run_ids``."""
-    import mlflow
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient()
-    experiments = [e.experiment_id for e in client.search_experiments()]
-    if not experiments:
-        return []
-    failed = []
-    for run in mlflow.search_runs(experiments, filter_string="attributes.status = 'RUNNING'", output_format="list"):
-        if run.data.tags.get("dagster.run_id") in dagster_run_ids:
-            client.set_tag(run.info.run_id, REASON_TAG, reason)
-            client.set_terminated(run.info.run_id, status="FAILED")
-            failed.append(run.info.run_id)
-    return failed
-
-
 def _print(line: str) -> None:
     print(line, flush=True)
 
@@ -98,6 +81,7 @@ def recover(instance: dg.DagsterInstance, root: Path, log=_print) -> int:
     if stale and (not uri.startswith("sqlite:///") or Path(uri[len("sqlite:///") :]).is_file()):
         tracking.configure(str(root), uri)
         reason = "the pipeline was killed while this run was being logged; the stage is logged again on rerun"
-        for run_id in fail_mlflow_runs({run.run_id for run in stale}, reason):
+        stale_ids = {run.run_id for run in stale}
+        for run_id in mlflow_runs.fail_running(reason, lambda run: run.data.tags.get("dagster.run_id") in stale_ids):
             log(f"marked MLflow run {run_id} FAILED: {reason}")
     return len(stale)

@@ -19,7 +19,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from orchestration import recovery
+from orchestration import mlflow_runs, recovery
 from orchestration.dvc_cli import Dvc
 from tests.orchestration.projects import REPO, TINY_TEST_PARAMS, make_project, merge, project_env
 
@@ -137,7 +137,7 @@ def test_a_killed_main_command_comes_back_by_itself(tmp_path):
     assert instance.event_log_storage.get_concurrency_info("gpu").claimed_slots == []
     assert mlflow_running(root) == 0
     with sqlite3.connect(root / "mlflow" / "mlflow.db") as con:
-        reasons = con.execute("select count(*) from tags where key = ?", (recovery.REASON_TAG,)).fetchone()[0]
+        reasons = con.execute("select count(*) from tags where key = ?", (mlflow_runs.REASON_TAG,)).fetchone()[0]
     assert reasons >= 1
     assert Dvc(root).run("status", "--json").strip() in ("{}", "")
 
