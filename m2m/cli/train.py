@@ -7,7 +7,7 @@ from pathlib import Path
 
 from m2m.cli.flags import AUTO, BooleanFlag, positive_int_or_auto
 from m2m.models import presets
-from m2m.training.config import MIXED_PRECISION, PRESET_DEFAULTS, TASK_CONDITIONS, TASK_SAMPLES, TrainConfig
+from m2m.training.config import LR_SCHEDULES, MIXED_PRECISION, PRESET_DEFAULTS, TASK_CONDITIONS, TASK_SAMPLES, TrainConfig
 
 
 def _flag(name: str, value) -> str:
@@ -71,7 +71,15 @@ def register(subparsers) -> argparse.ArgumentParser:
         help="sets per process per forward pass; auto (default): the process's whole share of --batch-size",
     )
     p.add_argument("--n-images", type=int, default=d.n_images, help="images N per set (paper: 5)")
-    p.add_argument("--lr", type=float, help="AdamW learning rate, constant (default: preset)")
+    p.add_argument("--lr", type=float, help="AdamW learning rate (default: preset)")
+    p.add_argument(
+        "--lr-schedule", choices=LR_SCHEDULES, default=d.lr_schedule,
+        help="constant (default, as in the paper) or cosine decay to 0 over --steps",
+    )
+    p.add_argument("--lr-warmup-steps", type=int, default=d.lr_warmup_steps, help="linear warm-up steps (default 0)")
+    p.add_argument(
+        "--snr-gamma", type=float, help="min-SNR-gamma loss weighting, e.g. 5 (default: none, eq. 5 as written)"
+    )
     p.add_argument("--p-uncond", type=float, default=d.p_uncond, help="probability of a zeroed context (0.1)")
     p.add_argument(
         "--mixed-precision", choices=[AUTO, *MIXED_PRECISION], default=d.mixed_precision,

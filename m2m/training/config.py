@@ -19,6 +19,10 @@ TASK_CONDITIONS = {"nvs": "camera", "procedure": "procedure"}
 MIXED_PRECISION = ("no", "fp16", "bf16")
 # How a fine-tuning item's N images are drawn (m2m.data.tasks.TaskDataset's samples used in training).
 TASK_SAMPLES = ("subset", "window")
+# Learning-rate schedules (diffusers.optimization.get_scheduler names): constant after the warm-up, as in
+# appendix A, or a cosine decay to zero over --steps (a fixed-length run; --steps is then part of the
+# schedule and may not change on --resume).
+LR_SCHEDULES = ("constant", "cosine")
 
 # Appendix A: lr 1e-5, no warm-up, batch 256 across GPUs. The tiny preset is a random network at 32x32
 # trained from scratch; in a 200-step check (batch 8, N = 5) 1e-4 lagged (last-20-step loss 0.28),
@@ -48,6 +52,9 @@ class TrainConfig:
     micro_batch_size: int | None = None  # sets per process per forward; None: batch_size / processes
     n_images: int = 5  # N images per set (paper: 5)
     lr: float | None = None
+    lr_schedule: str = "constant"  # one of LR_SCHEDULES
+    lr_warmup_steps: int = 0  # linear warm-up from 0 (appendix A: none)
+    snr_gamma: float | None = None  # min-SNR-gamma loss weighting; None: plain eq. 5
     adam_betas: tuple[float, float] = (0.9, 0.999)
     weight_decay: float = 1e-2
     adam_epsilon: float = 1e-8
@@ -114,6 +121,11 @@ class TrainConfig:
         need(self.steps is None or self.steps >= 1, "steps", "must be at least 1")
         need(self.n_images >= 2, "n_images", "must be at least 2 (image 1 has no preceding image to attend to)")
         need(0 < self.lr <= 1, "lr", "must be in (0, 1]")
+        need(self.lr_schedule in LR_SCHEDULES, "lr_schedule", f"must be one of {', '.join(LR_SCHEDULES)}")
+        need(self.lr_warmup_steps >= 0, "lr_warmup_steps", "must be non-negative")
+        need(self.lr_schedule != "cosine" or self.steps is not None, "lr_schedule",
+             "cosine decays over --steps, which must be given")
+        need(self.snr_gamma is None or self.snr_gamma > 0, "snr_gamma", "must be positive")
         need(self.resume in (False, True, "auto"), "resume", "must be off, on or auto")
         need(0 <= self.max_skipped < 1, "max_skipped", "must be a fraction in [0, 1)")
         need(self.weight_decay >= 0, "weight_decay", "must be non-negative")

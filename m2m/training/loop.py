@@ -30,7 +30,8 @@ logger = get_logger(__name__)
 # Settings a resumed run must share with its checkpoint (others, such as --steps, may change).
 RESUME_SETTINGS = (
     "preset", "variant", "init", "task", "data", "task_data", "task_sample", "n_images", "batch_size",
-    "micro_batch_size", "lr", "weight_decay", "p_uncond", "p_drop_condition", "ema", "ema_decay", "seed",
+    "micro_batch_size", "lr", "lr_schedule", "lr_warmup_steps", "snr_gamma", "weight_decay", "p_uncond",
+    "p_drop_condition", "ema", "ema_decay", "seed",
 )
 
 
@@ -217,7 +218,7 @@ def train(config: TrainConfig) -> dict | None:
     from accelerate import Accelerator
     from accelerate.utils import set_seed
     from diffusers import DDPMScheduler
-    from diffusers.optimization import get_constant_schedule
+    from diffusers.optimization import get_scheduler
     from diffusers.training_utils import EMAModel
     from tqdm.auto import tqdm
 
@@ -249,12 +250,20 @@ def train(config: TrainConfig) -> dict | None:
     )
     ema = EMAModel(unet.parameters(), decay=cfg.ema_decay) if cfg.ema else None
     param_names = [name for name, _ in unet.named_parameters()]
-    prepared, optimizer, lr_scheduler = accelerator.prepare(unet, optimizer, get_constant_schedule(optimizer))
+    # Accelerate steps a prepared schedule once per process at every optimizer step.
+    schedule = get_scheduler(
+        f"{cfg.lr_schedule}_with_warmup" if cfg.lr_schedule == "constant" else cfg.lr_schedule, optimizer,
+        num_warmup_steps=cfg.lr_warmup_steps * accelerator.num_processes,
+        num_training_steps=total * accelerator.num_processes,
+    )
+    prepared, optimizer, lr_scheduler = accelerator.prepare(unet, optimizer, schedule)
     noise = torch.Generator(device).manual_seed(cfg.seed * 10_000 + rank)
 
     settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(cfg).items() if k in RESUME_SETTINGS}
     settings["num_processes"] = accelerator.num_processes
     settings["data_digest"] = data_digest(cfg)
+    if cfg.lr_schedule == "cosine":  # the decay is laid over --steps
+        settings["steps"] = total
     progress = resume(cfg, accelerator, settings, data, noise, ema, param_names)
     if progress.step > total:
         logger.info(f"the checkpoint is at step {progress.step}, past --steps {total}: nothing to train")
@@ -282,10 +291,12 @@ def train(config: TrainConfig) -> dict | None:
                 loss = m2m_loss(
                     pipe, noise_scheduler, images, conditions, p_uncond=cfg.p_uncond,
                     p_drop_condition=cfg.p_drop_condition, generator=noise, precomputed=context, unet=prepared,
+                    snr_gamma=cfg.snr_gamma,
                 )
                 accelerator.backward(loss)
                 if accelerator.sync_gradients:
                     accelerator.clip_grad_norm_(prepared.parameters(), cfg.max_grad_norm)
+                step_lr = lr_scheduler.get_last_lr()[0]  # the rate this step uses
                 optimizer.step()
                 lr_scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
@@ -309,7 +320,7 @@ def train(config: TrainConfig) -> dict | None:
                 window = progress.losses[log_from:]
                 logger.info(
                     f"step {progress.step}/{total} loss {sum(window) / len(window):.4f} "
-                    f"img/s {images_per_step * len(window) / (now - t_log):.1f} lr {lr_scheduler.get_last_lr()[0]:.2e}"
+                    f"img/s {images_per_step * len(window) / (now - t_log):.1f} lr {step_lr:.2e}"
                 )
                 t_log, log_from = now, progress.step
             if cfg.checkpoint_every and (progress.step % cfg.checkpoint_every == 0 or progress.step == total):

@@ -36,6 +36,7 @@ def m2m_loss(
     generator: torch.Generator | None = None,
     precomputed: tuple[torch.Tensor, torch.Tensor] | None = None,
     unet=None,
+    snr_gamma: float | None = None,
 ) -> torch.Tensor:
     """Eq. 5: E ||ε − ε_θ(z_t^{1:N}, z_0^{1:N}, t)||², every image of the set noised, loss over all N.
 
@@ -43,7 +44,9 @@ def m2m_loss(
     a set is zeroed (and its task conditions with it) so the model also learns ε_θ(z_t, 0, t) for eq. 6.
     With task conditions, the conditions alone are dropped with ``p_drop_condition`` so that eq. 7's
     ε_θ(z_t, z_0, ∅) is trained too. ``unet`` overrides ``pipe.unet`` for the forward pass (e.g. the
-    DDP-wrapped model under Accelerate).
+    DDP-wrapped model under Accelerate). ``snr_gamma`` weights each set's loss by min-SNR-γ (Hang et al.,
+    2023): ``min(SNR(t), γ) / SNR(t)`` for ε, ``min(SNR(t), γ) / (SNR(t) + 1)`` for v-prediction, so the
+    low-noise steps, which are easy, stop dominating the gradient; None keeps eq. 5 as written.
     """
     model = pipe.unet
     unet = unet if unet is not None else model
@@ -65,4 +68,17 @@ def m2m_loss(
     target = noise
     if noise_scheduler.config.prediction_type == "v_prediction":  # same objective, v-parameterised
         target = noise_scheduler.get_velocity(z0, noise, t)
-    return F.mse_loss(pred.float(), target.float())
+    if snr_gamma is None:
+        return F.mse_loss(pred.float(), target.float())
+    per_set = F.mse_loss(pred.float(), target.float(), reduction="none").flatten(1).mean(1)
+    return (per_set * min_snr_weight(noise_scheduler, t, snr_gamma)).mean()
+
+
+def min_snr_weight(noise_scheduler, t: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Min-SNR-γ weight per timestep, for the scheduler's prediction type (ε or v)."""
+    alpha_bar = noise_scheduler.alphas_cumprod.to(t.device)[t].float()
+    snr = alpha_bar / (1 - alpha_bar)
+    clipped = torch.clamp(snr, max=gamma)
+    if noise_scheduler.config.prediction_type == "v_prediction":
+        return clipped / (snr + 1)
+    return clipped / snr

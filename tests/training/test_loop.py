@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
+import re
 
 import pytest
 import torch
@@ -104,6 +106,19 @@ def test_resumed_run_ends_with_the_weights_of_an_uninterrupted_run(mis, tmp_path
     assert metrics["resumed_from"] == 2 and metrics["steps"] == 4
     assert_same_weights(weights(tmp_path / "straight"), weights(tmp_path / "interrupted"))
     assert (tmp_path / "straight" / "loss.csv").read_text() == (tmp_path / "interrupted" / "loss.csv").read_text()
+
+
+def test_a_cosine_schedule_warms_up_decays_and_fixes_its_length(mis, tmp_path, caplog):
+    shared = dict(data=mis, lr_schedule="cosine", lr_warmup_steps=2, checkpoint_every=2)
+    with caplog.at_level(logging.INFO, logger="m2m.training.loop"):
+        loop.train(config(tmp_path / "cosine", steps=6, **shared))
+    lrs = [float(m.group(1)) for r in caplog.records if (m := re.search(r"step \d+/6 .* lr (\S+)$", r.getMessage()))]
+    assert lrs[:3] == pytest.approx([0.0, 5e-4, 1e-3], rel=1e-2)  # the rate each step used: warm-up 0/2, 1/2, then --lr
+    assert lrs[2:] == pytest.approx([1e-3 * (1 + math.cos(math.pi * k / 4)) / 2 for k in range(4)], rel=1e-2)  # to 0 at 6
+    with pytest.raises(ValueError, match="steps=6, this run has 8"):
+        loop.train(config(tmp_path / "cosine", steps=8, resume=True, **shared))
+    with pytest.raises(ValueError, match="--lr-schedule"):
+        loop.train(config(tmp_path / "no-steps", lr_schedule="cosine"))
 
 
 def test_task_fine_tuning_resumes_exactly(procedure_data, tmp_path):

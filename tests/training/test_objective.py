@@ -93,3 +93,31 @@ def test_loss_decreases_when_overfitting_one_batch():
         optimizer.zero_grad()
         losses.append(loss.item())
     assert losses[-1] < 0.7 * losses[0], losses
+
+
+def test_min_snr_weight_clips_the_signal_to_noise_ratio():
+    from diffusers import DDIMScheduler
+
+    from m2m.training.objective import min_snr_weight
+
+    v_scheduler = build_pipeline("tiny", "self", seed=0).scheduler
+    eps_scheduler = DDIMScheduler.from_config(v_scheduler.config, prediction_type="epsilon")
+    t = torch.tensor([0, 500, 999])
+    snr = v_scheduler.alphas_cumprod[t] / (1 - v_scheduler.alphas_cumprod[t])
+    assert snr[0] > 5 > snr[2]  # the steps on both sides of the clip
+    torch.testing.assert_close(min_snr_weight(v_scheduler, t, 5.0), torch.clamp(snr, max=5.0) / (snr + 1))
+    torch.testing.assert_close(min_snr_weight(eps_scheduler, t, 5.0), torch.clamp(snr, max=5.0) / snr)
+    assert min_snr_weight(eps_scheduler, t, 1e12).allclose(torch.ones(3))
+
+
+def test_min_snr_weighting_without_a_clip_is_eq_5_for_epsilon(pipe):
+    from diffusers import DDIMScheduler
+
+    eps = DDIMScheduler.from_config(pipe.scheduler.config, prediction_type="epsilon")
+    images = image_sets()
+    with torch.no_grad():
+        plain = m2m_loss(pipe, eps, images, generator=seeded())
+        unclipped = m2m_loss(pipe, eps, images, generator=seeded(), snr_gamma=1e12)
+        clipped = m2m_loss(pipe, eps, images, generator=seeded(), snr_gamma=0.01)
+    torch.testing.assert_close(unclipped, plain)
+    assert clipped < plain  # every weight min(SNR, 0.01) / SNR is below 1 here
