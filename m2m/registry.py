@@ -98,6 +98,18 @@ def alias_version(model: str, alias: str, client=None):
         return None
 
 
+def unknown_model(model: str, client) -> str | None:
+    """Why ``model`` cannot be promoted or rolled back when it was never registered, else None."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.get_registered_model(model)
+        return None
+    except MlflowException:
+        known = sorted(m.name for m in client.search_registered_models())
+        return f"no registered model {model!r} (registered: {', '.join(known) or 'none'})"
+
+
 def metrics_of(version) -> dict[str, float]:
     """A version's ``metric.<name>`` tags as floats."""
     out = {}
@@ -175,6 +187,8 @@ def promote(model: str, rules: list[Rule] | None = None, client=None) -> Decisio
     """Move ``champion`` to the ``challenger`` version when it beats the champion on ``rules``."""
     client = _client(client)
     rules = rules or default_rules(model)
+    if (why := unknown_model(model, client)) is not None:
+        return Decision(model, False, why, None, None, refused=True)
     challenger = alias_version(model, CHALLENGER, client)
     champion = alias_version(model, CHAMPION, client)
     current = str(champion.version) if champion else None
@@ -201,6 +215,8 @@ def rollback(model: str, to_version: str | int | None = None, client=None) -> De
     from mlflow.exceptions import MlflowException
 
     client = _client(client)
+    if (why := unknown_model(model, client)) is not None:
+        return Decision(model, False, why, None, None, refused=True)
     champion = alias_version(model, CHAMPION, client)
     challenger = alias_version(model, CHALLENGER, client)
     challenger_version = str(challenger.version) if challenger else None
@@ -227,8 +243,9 @@ def rollback(model: str, to_version: str | int | None = None, client=None) -> De
             return Decision(model, False, f"{model} has no version {target}", current, challenger_version, refused=True)
         if target == current:
             return Decision(model, False, f"v{target} is already the champion", current, challenger_version)
-        if ROLLED_BACK_TAG in target_tags:
-            client.delete_model_version_tag(model, target, ROLLED_BACK_TAG)
+        if ROLLED_BACK_TAG in target_tags:  # the rule of promote() holds here too
+            reason = f"v{target} was rolled back from champion; a new version must challenge"
+            return Decision(model, False, reason, current, challenger_version, refused=True)
     client.set_model_version_tag(model, current, ROLLED_BACK_TAG, str(time.time()))
     client.set_registered_model_alias(model, CHAMPION, target)
     return Decision(model, True, f"rolled back from v{current} to v{target}", target, challenger_version)

@@ -34,11 +34,17 @@ def tracking_uri(project_root: str | Path) -> str:
     return f"sqlite:///{Path(project_root).resolve() / STORE_DIR / 'mlflow.db'}"
 
 
-def local_artifact_root(uri: str) -> Path | None:
-    """For a SQLite store, the ``artifacts/`` folder beside its database; None for a server."""
+def local_store(uri: str) -> Path | None:
+    """The database file of a SQLite store; None for a server."""
     if not uri.startswith("sqlite:///"):
         return None
-    return Path(uri[len("sqlite:///") :]).parent / "artifacts"
+    return Path(uri[len("sqlite:///") :])
+
+
+def local_artifact_root(uri: str) -> Path | None:
+    """For a SQLite store, the ``artifacts/`` folder beside its database; None for a server."""
+    store = local_store(uri)
+    return None if store is None else store.parent / "artifacts"
 
 
 def configure(project_root: str | Path, uri: str | None = None) -> str:

@@ -101,8 +101,19 @@ def test_custom_rules_decide_instead_of_the_defaults(store):
 
 
 def test_no_challenger_is_refused(store):
-    decision = registry.promote("m2m-dino")
+    new_version(store, {"fid": 10})
+    registry.promote(MODEL)
+    from mlflow.tracking import MlflowClient
+
+    MlflowClient().delete_registered_model_alias(MODEL, "challenger")
+    decision = registry.promote(MODEL)
     assert decision.refused and "no version with alias 'challenger'" in decision.reason
+
+
+def test_unknown_models_are_refused_by_name(store):
+    new_version(store, {"fid": 10})
+    for decision in (registry.promote("nope"), registry.rollback("nope"), registry.rollback("nope", to_version=1)):
+        assert decision.refused and decision.reason == f"no registered model 'nope' (registered: {MODEL})"
 
 
 def test_rollback_returns_to_the_previous_champion_and_blocks_re_promotion(store):
@@ -116,9 +127,9 @@ def test_rollback_returns_to_the_previous_champion_and_blocks_re_promotion(store
     refused = registry.promote(MODEL)
     assert refused.refused and "rolled back" in refused.reason
     assert registry.rollback(MODEL).refused  # no earlier champion than the first
-    explicit = registry.rollback(MODEL, to_version=int(second))
-    assert explicit.changed and aliases()["champion"] == second
-    same = registry.rollback(MODEL, to_version=int(second))
+    explicit = registry.rollback(MODEL, to_version=int(second))  # the rule holds for --to-version too
+    assert explicit.refused and "rolled back" in explicit.reason and aliases()["champion"] == first
+    same = registry.rollback(MODEL, to_version=int(first))
     assert not same.changed and not same.refused and "already the champion" in same.reason
 
 
@@ -156,6 +167,14 @@ def test_cli_promotes_refuses_and_rolls_back(store, capsys):
     assert main(["promote", "--model", MODEL, "--rollback", *project]) == 0
     assert f"to v{first}" in capsys.readouterr().out
     assert aliases()["champion"] == first
+
+
+def test_cli_refuses_a_missing_store_and_creates_nothing(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert main(["promote", "--model", MODEL, "--project", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("m2m promote: error: --project") and "no MLflow store at" in err and "\n" not in err
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_cli_bad_flags_are_one_line(store, capsys):

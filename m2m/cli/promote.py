@@ -46,7 +46,14 @@ def run(args: argparse.Namespace) -> int:
     if args.rollback and args.metric:
         raise ValueError("--metric applies to a promotion, not to --rollback")
     rules = [registry.Rule.parse(text) for text in args.metric] if args.metric else None
-    tracking.configure(args.project)
+    uri = tracking.tracking_uri(args.project)
+    store = tracking.local_store(uri)
+    if store is not None and not store.is_file():  # nothing to promote in, and nothing is created
+        raise ValueError(
+            f"--project {args.project}: no MLflow store at {store} (run the pipeline there first, or point "
+            "--project or $MLFLOW_TRACKING_URI at the project's store)"
+        )
+    tracking.configure(args.project, uri)
     if args.rollback:
         decision = registry.rollback(args.model, args.to_version)
     else:
