@@ -195,6 +195,7 @@ class M2MPipeline(DiffusionPipeline):
         self.set_progress_bar_config(disable=not progress)
         with self.progress_bar(total=num_images * num_inference_steps) as bar:
             for i in range(num_images):
+                bar.set_description(f"image {i + 1}/{num_images}, DDIM steps")
                 position = n_given + i
                 n_visible = min(window, position)
                 lo = position - n_visible

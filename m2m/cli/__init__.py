@@ -7,6 +7,8 @@ modules import their heavy dependencies inside ``run`` so ``m2m --help`` stays i
 from __future__ import annotations
 
 import argparse
+
+from m2m.cli.flags import HelpFormatter
 import importlib
 import sys
 
@@ -42,9 +44,7 @@ The pipeline, in order (each step is also a Dagster asset and a DVC stage):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="m2m", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(prog="m2m", description=DESCRIPTION, formatter_class=HelpFormatter)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, module in COMMANDS:
         mod = importlib.import_module(module)

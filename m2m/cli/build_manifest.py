@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from m2m.cli.flags import HelpFormatter
+
 HELP = "check every MIS shard's sha256 and write the manifest and the train/test split"
 DESCRIPTION = """\
 Verifies each shard in --shards against its sidecar (sha256 of the tar), then writes
@@ -16,7 +18,7 @@ depends on how captions were sharded.
 
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
-        "build-manifest", help=HELP, description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+        "build-manifest", help=HELP, description=DESCRIPTION, formatter_class=HelpFormatter
     )
     parser.add_argument("--shards", default="assets/mis/shards", help="folder of mis-*.tar shards")
     parser.add_argument("--out", default="assets/mis/manifest.json", help="manifest to write")

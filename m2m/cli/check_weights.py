@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from m2m.cli.flags import HelpFormatter
+
 HELP = "validate weights folders (classes, configs, tensor shapes and dtypes, missing or truncated files)"
 DESCRIPTION = """\
 Check the local weights the sd21 preset reads, before a run spends GPU hours on them. Each PATH is
@@ -23,7 +25,7 @@ there is any; else one line per PATH and exit 0.
 
 def register(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
-        "check-weights", help=HELP, description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+        "check-weights", help=HELP, description=DESCRIPTION, formatter_class=HelpFormatter
     )
     parser.add_argument("paths", nargs="+", metavar="PATH", help="weights folders (or the Inception file)")
     return parser

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+
+from m2m.cli.flags import HelpFormatter
 from pathlib import Path
 
 HELP = "Table 1 metrics per n-th generated image (FID, IS, CLIP scores, consistency)"
@@ -26,7 +28,7 @@ Writes OUT/metrics.json, metrics.md, per_position.csv, per_position.png and grid
 
 def register(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
-        "evaluate", help=HELP, description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+        "evaluate", help=HELP, description=DESCRIPTION, formatter_class=HelpFormatter
     )
     parser.add_argument("--model", required=True, type=Path, help="M2M pipeline folder (m2m train's --out)")
     source = parser.add_mutually_exclusive_group(required=True)

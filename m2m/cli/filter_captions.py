@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from m2m.cli.flags import HelpFormatter
+
 HELP = "keep the CC12M captions that fit in CLIP's 77 tokens (writes Parquet + a drop report)"
 DESCRIPTION = """\
 Reads CC12M TSV files (url<TAB>caption, no header; .tsv or .tsv.gz) and writes the captions that
@@ -18,7 +20,7 @@ The tiny preset's captions ship with the project:
 
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
-        "filter-captions", help=HELP, description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+        "filter-captions", help=HELP, description=DESCRIPTION, formatter_class=HelpFormatter
     )
     parser.add_argument("--input", nargs="+", required=True, metavar="PATH", help="CC12M TSV files (.tsv or .tsv.gz)")
     parser.add_argument("--output", default="assets/captions/filtered.parquet", help="Parquet to write")

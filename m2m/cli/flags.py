@@ -21,6 +21,18 @@ def parse_bool(value: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Descriptions as written; an option's help ends with its default unless it names one itself."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        unset = default is None or default is False or default is argparse.SUPPRESS or default == []
+        if not action.option_strings or unset or "default" in text:
+            return text
+        return f"{text} (default: %(default)s)".lstrip()
+
+
 class BooleanFlag(argparse.Action):
     """``--name`` (true), ``--no-name`` (false) or ``--name true|false`` (DVC's form of a boolean)."""
 

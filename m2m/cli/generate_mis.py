@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from m2m.cli.flags import BooleanFlag
+from m2m.cli.flags import BooleanFlag, HelpFormatter
 
 HELP = "draw 25 images per caption into one webdataset shard (procedural or Stable Diffusion)"
 DESCRIPTION = """\
@@ -29,7 +29,7 @@ an interrupted one is redone from scratch.
 
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
-        "generate-mis", help=HELP, description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+        "generate-mis", help=HELP, description=DESCRIPTION, formatter_class=HelpFormatter
     )
     parser.add_argument("--captions", default="assets/captions/filtered.parquet", help="filtered captions Parquet")
     parser.add_argument("--out", default="assets/mis/shards", help="folder of the shards")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+
+from m2m.cli.flags import HelpFormatter
 from pathlib import Path
 
 from m2m.models import presets
@@ -24,7 +26,7 @@ procedure (step positions).
 
 def register(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
-        "init", help=HELP, description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+        "init", help=HELP, description=DESCRIPTION, formatter_class=HelpFormatter
     )
     parser.add_argument("--preset", choices=presets.PRESETS, default="tiny", help="model size (default tiny)")
     parser.add_argument("--variant", choices=["self", "dino"], default="self", help="M2M-Self or M2M-DINO")

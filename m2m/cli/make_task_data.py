@@ -4,6 +4,8 @@ VGSI-style (procedures) layout (paper section 7.1.2; layouts in docs/data_proced
 from __future__ import annotations
 
 import argparse
+
+from m2m.cli.flags import HelpFormatter
 import os
 import shutil
 from pathlib import Path
@@ -21,7 +23,7 @@ replacing an earlier one.
 
 def register(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
-        "make-task-data", help=HELP, description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+        "make-task-data", help=HELP, description=DESCRIPTION, formatter_class=HelpFormatter
     )
     parser.add_argument("--kind", required=True, choices=("nvs", "procedure"), help="which task's layout")
     parser.add_argument("--out", required=True, type=Path, help="output folder, e.g. assets/tasks/nvs")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from m2m.cli.flags import HelpFormatter
+
 HELP = "move the registry alias 'champion' when the challenger is better (or --rollback)"
 DESCRIPTION = """\
 Every newly registered version of a model gets the alias 'challenger'. This command moves
@@ -26,7 +28,7 @@ The registry is the project's MLflow store (mlflow/mlflow.db), or $MLFLOW_TRACKI
 
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
-        "promote", help=HELP, description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+        "promote", help=HELP, description=DESCRIPTION, formatter_class=HelpFormatter
     )
     parser.add_argument("--model", required=True, help="registered model name, e.g. m2m-self")
     parser.add_argument(

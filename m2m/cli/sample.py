@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from m2m.cli.flags import HelpFormatter
+
 
 def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser(
@@ -13,6 +15,7 @@ def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         description="Generate --num-images images that continue the given preceding images, one at a time; "
         "each generated image joins the context (the model sees the last --window images). Writes "
         "000.png, 001.png, ... and grid.png (preceding | generated) into --out.",
+        formatter_class=HelpFormatter,
     )
     p.add_argument("--model", required=True, type=Path, help="an M2M pipeline folder (m2m init / m2m train)")
     p.add_argument("--images", nargs="*", default=[], type=Path, help="preceding image files, in order")
@@ -25,7 +28,7 @@ def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     )
     p.add_argument("--steps-of-procedure", type=int, nargs="*", help="procedure step index of every image (eq. 7)")
     p.add_argument("--condition-guidance-scale", type=float, default=1.0, help="s_C of eq. 7")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the initial noise")
     p.add_argument("--device", default="auto", help="auto ($M2M_DEVICE, else cuda when present), cpu or cuda")
     return p
 

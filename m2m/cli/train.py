@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from m2m.cli.flags import AUTO, BooleanFlag, positive_int_or_auto
+from m2m.cli.flags import AUTO, BooleanFlag, HelpFormatter, positive_int_or_auto
 from m2m.models import presets
 from m2m.training.config import LR_SCHEDULES, MIXED_PRECISION, PRESET_DEFAULTS, TASK_CONDITIONS, TASK_SAMPLES, TrainConfig
 
@@ -50,7 +50,7 @@ Unreadable sets are skipped, counted in train_metrics.json and fail the run past
 def register(subparsers) -> argparse.ArgumentParser:
     d = TrainConfig
     p = subparsers.add_parser(
-        "train", help=HELP, description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+        "train", help=HELP, description=DESCRIPTION, formatter_class=HelpFormatter
     )
     p.add_argument("--preset", choices=presets.PRESETS, default=d.preset, help="model size (default tiny)")
     p.add_argument("--variant", choices=["self", "dino"], default=d.variant, help="M2M-Self or M2M-DINO")
