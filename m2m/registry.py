@@ -15,8 +15,8 @@ mlflow is imported inside the functions that need it: the rest of the library ne
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass
+from datetime import datetime, timezone
 
 CHALLENGER = "challenger"
 CHAMPION = "champion"
@@ -110,6 +110,15 @@ def unknown_model(model: str, client) -> str | None:
         return f"no registered model {model!r} (registered: {', '.join(known) or 'none'})"
 
 
+def logged_model_id(version) -> str | None:
+    """The MLflow logged model a version was registered from (``models:/<id>``), or None."""
+    found = getattr(version, "model_id", None)
+    source = str(getattr(version, "source", "") or "")
+    if not found and source.startswith("models:/m-"):
+        found = source.removeprefix("models:/").split("/")[0]
+    return found or None
+
+
 def metrics_of(version) -> dict[str, float]:
     """A version's ``metric.<name>`` tags as floats."""
     out = {}
@@ -138,12 +147,15 @@ def aliases_of(model: str, version: str, client=None) -> list[str]:
     return list(_client(client).get_model_version(model, str(version)).aliases or [])
 
 
-def register(model_uri: str, model: str, tags: dict[str, str], client=None):
-    """Register ``model_uri`` as a new version of ``model`` and give it the ``challenger`` alias."""
+def register(model_uri: str, model: str, tags: dict[str, str], description: str | None = None, client=None):
+    """Register ``model_uri`` as a new version of ``model`` (with ``description``, shown on the version's
+    page) and give it the ``challenger`` alias."""
     import mlflow
 
     client = _client(client)
     version = mlflow.register_model(model_uri, model, tags=tags)
+    if description:
+        client.update_model_version(model, version.version, description=description)
     client.set_registered_model_alias(model, CHALLENGER, version.version)
     return client.get_model_version(model, version.version)
 
@@ -178,9 +190,22 @@ def compare(challenger: dict[str, float], champion: dict[str, float], rules: lis
     return True, "better " + ", ".join(better) + ": " + "; ".join(notes)
 
 
+def now() -> str:
+    """A timestamp for the tags people read in the registry: ISO 8601 in UTC, to the microsecond."""
+    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
+
+
+def since(text: str) -> datetime:
+    """A ``champion_since`` tag back as a time (stores written before it was ISO 8601 hold epoch seconds)."""
+    try:
+        return datetime.fromtimestamp(float(text), timezone.utc)
+    except ValueError:
+        return datetime.fromisoformat(text)
+
+
 def _make_champion(client, model: str, version: str) -> None:
     client.set_registered_model_alias(model, CHAMPION, version)
-    client.set_model_version_tag(model, version, CHAMPION_SINCE_TAG, str(time.time()))
+    client.set_model_version_tag(model, version, CHAMPION_SINCE_TAG, now())
 
 
 def promote(model: str, rules: list[Rule] | None = None, client=None) -> Decision:
@@ -234,7 +259,7 @@ def rollback(model: str, to_version: str | int | None = None, client=None) -> De
         if not earlier:
             reason = "no earlier champion to roll back to"
             return Decision(model, False, reason, current, challenger_version, refused=True)
-        target = str(max(earlier, key=lambda v: float(v.tags[CHAMPION_SINCE_TAG])).version)
+        target = str(max(earlier, key=lambda v: since(v.tags[CHAMPION_SINCE_TAG])).version)
     else:
         target = str(to_version)
         try:
@@ -246,6 +271,6 @@ def rollback(model: str, to_version: str | int | None = None, client=None) -> De
         if ROLLED_BACK_TAG in target_tags:  # the rule of promote() holds here too
             reason = f"v{target} was rolled back from champion; a new version must challenge"
             return Decision(model, False, reason, current, challenger_version, refused=True)
-    client.set_model_version_tag(model, current, ROLLED_BACK_TAG, str(time.time()))
+    client.set_model_version_tag(model, current, ROLLED_BACK_TAG, now())
     client.set_registered_model_alias(model, CHAMPION, target)
     return Decision(model, True, f"rolled back from v{current} to v{target}", target, challenger_version)

@@ -68,6 +68,10 @@ def configure(project_root: str | Path, uri: str | None = None) -> str:
     return uri
 
 
+# MLflow's UI opens an experiment on its training-runs view (not the GenAI traces view) with this tag.
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+
+
 def experiment_id(name: str) -> str:
     """The id of experiment ``name``, created on first use; with a SQLite store its artifacts go to
     the ``artifacts/`` folder beside the database (a server chooses its own artifact store)."""
@@ -77,10 +81,12 @@ def experiment_id(name: str) -> str:
     client = MlflowClient()
     found = client.get_experiment_by_name(name)
     if found is not None:
+        if found.tags.get(EXPERIMENT_KIND[0]) is None:
+            client.set_experiment_tag(found.experiment_id, *EXPERIMENT_KIND)
         return found.experiment_id
     artifacts = local_artifact_root(mlflow.get_tracking_uri())
     location = artifacts.as_uri() if artifacts is not None else None
-    return client.create_experiment(name, artifact_location=location)
+    return client.create_experiment(name, artifact_location=location, tags=dict([EXPERIMENT_KIND]))
 
 
 def git_commit(project_root: str | Path) -> str | None:
@@ -184,7 +190,24 @@ def log_model_folder(folder: str | Path):
         data_path=str(folder),
         code_paths=[str(package)],
         pip_requirements=model_requirements(),
+        signature=pyfunc_signature(),
     )
+
+
+def pyfunc_signature():
+    """What ``M2MPyfuncModel.predict`` takes and returns, shown on the model's page in MLflow."""
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import Array, ColSpec, DataType, Schema
+
+    inputs = Schema([
+        ColSpec(Array(DataType.string), "images", required=False),  # the K preceding images, base64 PNG
+        ColSpec(DataType.long, "num_images"),  # M
+        ColSpec(DataType.long, "num_inference_steps", required=False),
+        ColSpec(DataType.double, "guidance_scale", required=False),
+        ColSpec(DataType.long, "window", required=False),
+        ColSpec(DataType.long, "seed", required=False),
+    ])
+    return ModelSignature(inputs=inputs, outputs=Schema([ColSpec(Array(DataType.string))]))
 
 
 # -- the pyfunc flavor: an M2M model loaded back through mlflow ------------------------------------

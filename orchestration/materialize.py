@@ -54,6 +54,19 @@ def describe_changes(status: dict) -> str:
     return "; ".join(changes) or "not in dvc.lock yet"
 
 
+def start_live_run(stage: Stage, root, context: dg.AssetExecutionContext, mlflow) -> str | None:
+    """For a training stage about to run, the MLflow run its command logs into while it trains."""
+    if "train" not in stage.subcommands:
+        return None
+    try:
+        mlflow.configure(str(root))
+        return mlflow_runs.start_live_run(stage, root, context.run.run_id)
+    except Exception as err:  # the store is another system: training goes on, logged when it is done
+        first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        context.log.warning(f"{stage.name}: no live MLflow run ({type(err).__name__}: {first_line})")
+        return None
+
+
 def materialize_stage(context: dg.AssetExecutionContext, asset: str, dvc, compute, mlflow) -> dg.MaterializeResult:
     """Bring ``asset``'s stage (or its partition's stage) up to date and describe it."""
     if INTERRUPTED.is_set():
@@ -69,11 +82,13 @@ def materialize_stage(context: dg.AssetExecutionContext, asset: str, dvc, comput
     problems = missing_inputs(stage, groups, root)
     if problems:
         raise dg.Failure(description=f"{stage.name}: {problems[0]}", allow_retries=False)
+    live_run_id = None
     try:
         status = cli.status(stage.name)
         if status:
             context.log.info(f"{stage.name} changed ({describe_changes(status)}): running it")
-            env = compute.env()
+            live_run_id = start_live_run(stage, root, context, mlflow)
+            env = {**compute.env(), **mlflow_runs.live_env(live_run_id)}
             try:
                 # Ctrl-C stops the command now, not after it: Dagster would otherwise hold the
                 # interrupt until the step ends and then go on with the next one.
@@ -82,6 +97,7 @@ def materialize_stage(context: dg.AssetExecutionContext, asset: str, dvc, comput
                         run_command(compute.launch(cmd), root, env, context.log)
             except KeyboardInterrupt:
                 INTERRUPTED.set()
+                mlflow_runs.fail_live_run(live_run_id, "interrupted (Ctrl-C)")
                 raise dg.Failure(description=f"{stage.name}: interrupted (Ctrl-C); nothing committed",
                                  allow_retries=False) from None
             cli.commit(stage.name)
@@ -89,6 +105,7 @@ def materialize_stage(context: dg.AssetExecutionContext, asset: str, dvc, comput
             context.log.info(f"{stage.name} is up to date in dvc.lock: nothing to run")
         outs = cli.hashes(stage.name, "outs")
     except (CommandFailed, DvcError, ValueError) as err:
+        mlflow_runs.fail_live_run(live_run_id, f"{stage.name}: {err}")
         raise dg.Failure(description=f"{stage.name}: {err}", allow_retries=False) from None
     metadata = {
         "dvc stage": dg.MetadataValue.text(stage.name),
@@ -106,7 +123,8 @@ def materialize_stage(context: dg.AssetExecutionContext, asset: str, dvc, comput
         log = mlflow_runs.log_training if "train" in stage.subcommands else mlflow_runs.log_evaluation
         try:
             mlflow.configure(str(root))
-            metadata.update(log(stage, groups, cli, mlflow, context.run.run_id))
+            extra = {"live_run_id": live_run_id} if "train" in stage.subcommands else {}
+            metadata.update(log(stage, groups, cli, mlflow, context.run.run_id, **extra))
         except Exception as err:  # the store is another system: say which and why, in one line
             first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
             raise dg.Failure(

@@ -92,9 +92,74 @@ def numbers(path: Path) -> dict[str, float]:
     return tracking.flatten_numbers(json.loads(path.read_text(encoding="utf-8"))) if path.is_file() else {}
 
 
-def log_training(stage: Stage, groups: dict[str, StageGroup], dvc: Dvc, ui, dagster_run_id: str) -> dict:
+def start_live_run(stage: Stage, root: Path, dagster_run_id: str) -> str | None:
+    """A RUNNING run for a training stage about to run, which its command logs into as it trains (the loss,
+    lr and speed at every log step, its settings as params); None for a stage of several models."""
+    from mlflow.tracking import MlflowClient
+
+    from m2m import tracking
+
+    if len(stage.outs) != 1:
+        return None
+    tags = {k: v for k, v in run_tags(stage, root, "", dagster_run_id).items() if k != "dvc.md5"}
+    tags["mlflow.runName"] = stage.asset
+    return MlflowClient().create_run(tracking.experiment_id(TRAINING_EXPERIMENT), tags=tags).info.run_id
+
+
+def live_env(run_id: str | None) -> dict[str, str]:
+    """What a stage command needs to log into ``run_id`` (accelerate's MLflow tracker reads it)."""
+    import mlflow
+
+    if run_id is None:
+        return {}
+    uri = mlflow.get_tracking_uri()
+    return {"MLFLOW_TRACKING_URI": uri, "MLFLOW_RUN_ID": run_id, "MLFLOW_EXPERIMENT_NAME": TRAINING_EXPERIMENT}
+
+
+def fail_live_run(run_id: str | None, reason: str) -> None:
+    """The command of a live run failed or was interrupted: the run ends FAILED, with ``reason``."""
+    if run_id is None:
+        return
+    from mlflow.tracking import MlflowClient
+
+    try:
+        client = MlflowClient()
+        client.set_tag(run_id, REASON_TAG, reason.splitlines()[0][:5000] if reason else "failed")
+        client.set_terminated(run_id, status="FAILED")
+    except Exception:  # noqa: BLE001 - the stage's own error is the one to report; recovery fails the run later
+        pass
+
+
+def split_train_metrics(train_metrics: dict) -> tuple[dict[str, float], dict[str, str]]:
+    """``train_metrics.json`` as (measurements -> MLflow metrics, settings -> MLflow params)."""
+    from m2m import tracking
+    from m2m.training.loop import MEASUREMENTS
+
+    measured = tracking.flatten_numbers({k: v for k, v in train_metrics.items() if k in MEASUREMENTS})
+    settings = {k: str(v) for k, v in train_metrics.items() if k not in MEASUREMENTS}
+    return measured, settings
+
+
+def model_description(stage: Stage, settings: dict[str, str], measured: dict[str, float]) -> str:
+    """One paragraph for a registered version: what it is, how it was trained, where it came from."""
+    task = settings.get("task")
+    kind = f"fine-tuned for {task} from {settings.get('init')}" if task not in (None, "None") else "pre-trained"
+    steps, loss = int(measured.get("steps", 0)), measured.get("loss_last_10pct")
+    trained = f"{steps} steps of {settings.get('batch_size')} sets x {settings.get('n_images')} images"
+    loss_text = f", loss over the last 10% of steps {loss:.4f}" if loss is not None else ""
+    return (f"M2M-{settings.get('variant')} ({settings.get('preset')} preset), {kind}: {trained}{loss_text}. "
+            f"Made by the DVC stage {stage.name} (Dagster asset {stage.asset}); the run has its params, DVC "
+            "inputs and loss curve.")
+
+
+def log_training(
+    stage: Stage, groups: dict[str, StageGroup], dvc: Dvc, ui, dagster_run_id: str, live_run_id: str | None = None
+) -> dict:
     """Log each model folder the stage wrote (params, git commit, DVC inputs, loss curve, samples,
-    the pyfunc model) and register it under the folder's name with the alias ``challenger``."""
+    the pyfunc model) and register it under the folder's name with the alias ``challenger``.
+
+    ``live_run_id``: the run the stage's command logged into while it trained (``start_live_run``); it is
+    completed rather than a new one started, and its loss curve is already there."""
     import mlflow
 
     from m2m import registry, tracking
@@ -106,23 +171,27 @@ def log_training(stage: Stage, groups: dict[str, StageGroup], dvc: Dvc, ui, dags
         version = registry.find_version(name, registry.DVC_TAG, md5)
         if version is None:
             fail_unfinished(experiment, md5)
-            train_metrics = numbers(folder / "train_metrics.json")
-            with mlflow.start_run(
-                experiment_id=experiment, run_name=stage.asset, tags=run_tags(stage, root, md5, dagster_run_id)
-            ) as run:
+            measured, settings = split_train_metrics(json.loads((folder / "train_metrics.json").read_text("utf-8")))
+            tags = run_tags(stage, root, md5, dagster_run_id)
+            opened = dict(run_id=live_run_id) if live_run_id else dict(experiment_id=experiment, run_name=stage.asset)
+            with mlflow.start_run(**opened) as run:
+                mlflow.set_tags(tags)
+                logged = run.data.params if live_run_id else {}
+                mlflow.log_params({k: v for k, v in settings.items() if k not in logged})
                 mlflow.log_params({**flat_params(stage.params), "command": " && ".join(stage.cmds)})
                 tracking.log_dvc_inputs(data_inputs(stage, groups, dvc), root, context="training")
                 if (folder / "loss.csv").is_file():
-                    tracking.log_loss_curve(folder / "loss.csv")
+                    if not live_run_id:
+                        tracking.log_loss_curve(folder / "loss.csv")
                     mlflow.log_artifact(str(folder / "loss.csv"))
-                mlflow.log_metrics({f"final.{key}": value for key, value in train_metrics.items()})
+                mlflow.log_metrics(measured)
                 for artifact in ("samples.png", "train_metrics.json"):
                     if (folder / artifact).is_file():
                         mlflow.log_artifact(str(folder / artifact))
                 info = tracking.log_model_folder(folder)
             tags = {registry.DVC_TAG: md5, "run_id": run.info.run_id, "dagster.asset": stage.asset}
-            version = registry.register(info.model_uri, name, tags)
-            registry.set_metrics(name, version.version, {k: v for k, v in train_metrics.items() if "loss" in k})
+            version = registry.register(info.model_uri, name, tags, model_description(stage, settings, measured))
+            registry.set_metrics(name, version.version, {k: v for k, v in measured.items() if "loss" in k})
         run_id = version.tags.get("run_id") or version.run_id
         meta["mlflow run"] = dg.MetadataValue.url(ui.run_url(experiment, run_id))
         meta["registered model"] = dg.MetadataValue.text(f"{name} v{version.version}")
@@ -145,6 +214,10 @@ def log_evaluation(stage: Stage, groups: dict[str, StageGroup], dvc: Dvc, ui, da
         report = json.loads((folder / "metrics.json").read_text(encoding="utf-8"))
         means = {key: value["mean"] for key, value in report["summary"].items()}
         model_path = next((path for path in deps if Path(path).name == name), None)
+        version = None
+        if model_path and model_path in deps:
+            version = registry.find_version(name, registry.DVC_TAG, deps[model_path])
+        model_id = registry.logged_model_id(version) if version is not None else None
         run = find_run(experiment, md5)
         if run is None:
             fail_unfinished(experiment, md5)
@@ -154,7 +227,9 @@ def log_evaluation(stage: Stage, groups: dict[str, StageGroup], dvc: Dvc, ui, da
             with mlflow.start_run(experiment_id=experiment, run_name=f"{stage.asset} {name}", tags=tags) as run:
                 mlflow.log_params({**flat_params(stage.params), "model": model_path or name})
                 tracking.log_dvc_inputs(inputs, root, context="evaluation")
-                mlflow.log_metrics(means)
+                # with the evaluated model's id, the run lists it as an input (its Models column) and the
+                # model's page shows these metrics
+                mlflow.log_metrics(means, model_id=model_id)
                 mlflow.log_metrics({f"{key}_std": value["std"] for key, value in report["summary"].items()})
                 for row in report["per_position"]:
                     position = int(row["position"])
@@ -163,10 +238,8 @@ def log_evaluation(stage: Stage, groups: dict[str, StageGroup], dvc: Dvc, ui, da
                     )
                 mlflow.log_artifacts(str(folder))
         meta[f"mlflow run ({name})"] = dg.MetadataValue.url(ui.run_url(experiment, run.info.run_id))
-        if model_path and model_path in deps:
-            version = registry.find_version(name, registry.DVC_TAG, deps[model_path])
-            if version is not None:
-                registry.set_metrics(name, version.version, means)
-                registry.tag_version(name, version.version, "eval_run_id", run.info.run_id)
-                meta[f"evaluated version ({name})"] = dg.MetadataValue.text(f"{name} v{version.version}")
+        if version is not None:
+            registry.set_metrics(name, version.version, means)
+            registry.tag_version(name, version.version, "eval_run_id", run.info.run_id)
+            meta[f"evaluated version ({name})"] = dg.MetadataValue.text(f"{name} v{version.version}")
     return meta

@@ -52,6 +52,16 @@ def test_register_gives_the_new_version_the_challenger_alias(store):
     assert aliases() == {"challenger": second}
 
 
+def test_champion_since_is_a_readable_utc_time(store):
+    from datetime import datetime, timezone
+
+    new_version(store, {"fid": 10})
+    registry.promote(MODEL)
+    text = registry.alias_version(MODEL, registry.CHAMPION).tags[registry.CHAMPION_SINCE_TAG]
+    assert abs(datetime.fromisoformat(text) - datetime.now(timezone.utc)).total_seconds() < 60
+    assert registry.since("1796000000.5") < registry.since(text)  # epoch-second tags of older stores still order
+
+
 def test_first_challenger_becomes_champion_then_a_second_promote_changes_nothing(store):
     first = new_version(store, {"fid": 10, "clip_image_image": 80})
     decision = registry.promote(MODEL)

@@ -11,6 +11,7 @@ place only when complete.
 from __future__ import annotations
 
 import math
+import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -33,6 +34,12 @@ RESUME_SETTINGS = (
     "micro_batch_size", "lr", "lr_schedule", "lr_warmup_steps", "snr_gamma", "weight_decay", "p_uncond",
     "p_drop_condition", "ema", "ema_decay", "seed",
 )
+
+
+def live_tracker() -> str | None:
+    """``"mlflow"`` when the environment names an MLflow run or experiment to log to (the pipeline sets
+    ``MLFLOW_TRACKING_URI`` and ``MLFLOW_RUN_ID``), else None: training logs only to its files."""
+    return "mlflow" if os.environ.get("MLFLOW_RUN_ID") or os.environ.get("MLFLOW_EXPERIMENT_NAME") else None
 
 
 # -- model ---------------------------------------------------------------------------------------
@@ -179,6 +186,13 @@ def resume(cfg: TrainConfig, accelerator, settings: dict, data, noise, ema, para
     return Progress(saved["step"], saved["losses"], saved["elapsed_s"], saved["train_s"], saved["step"])
 
 
+# The measured keys of ``train_metrics.json`` (MLflow metrics); every other key is a setting (an MLflow param).
+MEASUREMENTS = (
+    "steps", "final_loss", "loss_last_10pct", "images_per_s", "s_per_step", "wall_time_s", "epochs", "params",
+    "resumed_from", "skipped_samples", "skipped_shard_parts",
+)
+
+
 def train_metrics(
     cfg: TrainConfig, accelerator, pipe, progress: Progress, epoch_steps: int, settings: dict, data, stored=()
 ) -> dict:
@@ -226,7 +240,7 @@ def train(config: TrainConfig) -> dict | None:
     check_model_folder(config.out)
     if precision == "fp16" and not torch.cuda.is_available():
         raise ValueError("--mixed-precision fp16: needs a GPU; use bf16 on a CPU")
-    accelerator = Accelerator(mixed_precision=precision)
+    accelerator = Accelerator(mixed_precision=precision, log_with=live_tracker())
     cfg = config.resolved(accelerator.num_processes)
     accelerator.gradient_accumulation_steps = cfg.accumulation_steps(accelerator.num_processes)
     device, rank = accelerator.device, accelerator.process_index
@@ -268,6 +282,8 @@ def train(config: TrainConfig) -> dict | None:
     if progress.step > total:
         logger.info(f"the checkpoint is at step {progress.step}, past --steps {total}: nothing to train")
     images_per_step = cfg.batch_size * cfg.n_images
+    if accelerator.log_with:  # settings as params; the loss, lr and speed below as they happen
+        accelerator.init_trackers("m2m", config={**settings, "steps": total, "images_per_step": images_per_step})
     logger.info(
         f"training M2M-{cfg.variant} ({cfg.preset}{', task ' + cfg.task if cfg.task else ''}): {total} steps of "
         f"{cfg.batch_size} sets x {cfg.n_images} images ({accelerator.num_processes} processes x "
@@ -318,10 +334,9 @@ def train(config: TrainConfig) -> dict | None:
             bar.set_postfix(loss=f"{step_loss:.4f}", img_s=f"{images_per_step / (now - t_step):.1f}")
             if progress.step % cfg.log_every == 0 or progress.step == total:
                 window = progress.losses[log_from:]
-                logger.info(
-                    f"step {progress.step}/{total} loss {sum(window) / len(window):.4f} "
-                    f"img/s {images_per_step * len(window) / (now - t_log):.1f} lr {step_lr:.2e}"
-                )
+                loss, speed = sum(window) / len(window), images_per_step * len(window) / (now - t_log)
+                logger.info(f"step {progress.step}/{total} loss {loss:.4f} img/s {speed:.1f} lr {step_lr:.2e}")
+                accelerator.log({"loss": loss, "lr": step_lr, "images_per_s": speed}, step=progress.step)
                 t_log, log_from = now, progress.step
             if cfg.checkpoint_every and (progress.step % cfg.checkpoint_every == 0 or progress.step == total):
                 check_skipped(cfg, data, progress.step * cfg.batch_size // accelerator.num_processes)

@@ -128,6 +128,7 @@ def test_mlflow_runs_record_commit_inputs_and_register_every_model(chain):
     for model in MODELS:
         champion = registry.alias_version(model, registry.CHAMPION)
         assert champion is not None and str(champion.version) == "1"
+        assert champion.description.startswith("M2M-") and "steps of" in champion.description
         assert set(champion.aliases) == {"challenger", "champion"}
         run = client.get_run(champion.tags["run_id"])
         assert run.data.tags["mlflow.source.git.commit"] == head
@@ -136,12 +137,22 @@ def test_mlflow_runs_record_commit_inputs_and_register_every_model(chain):
         inputs = {i.dataset.name: i.dataset.digest for i in run.inputs.dataset_inputs}
         deps = {d["path"]: d["md5"] for d in locked[stage]["deps"]}
         assert inputs and all(deps[path] == digest for path, digest in inputs.items())
-        assert client.get_metric_history(run.info.run_id, "loss")
+        # logged by the command as it trained (the test preset trains one step; tests/training/test_loop.py
+        # follows a longer curve), settings as params
+        assert [m.step for m in client.get_metric_history(run.info.run_id, "loss")] == [1]
+        assert {"lr", "images_per_s"} <= set(run.data.metrics) and "images_per_step" in run.data.params
+        assert {"lr", "batch_size", "variant"} <= set(run.data.params)
+        assert "final_loss" in run.data.metrics and not [k for k in run.data.metrics if k.startswith("final.")]
+        assert run.info.end_time - run.info.start_time > 1000  # ... and the run lasted as long as training
         assert "samples.png" in {a.path for a in client.list_artifacts(run.info.run_id)}
     for model in ("m2m-self", "m2m-dino"):
         tags = registry.alias_version(model, registry.CHAMPION).tags
         assert {"metric.fid", "metric.clip_image_image", "eval_run_id"} <= set(tags)
-        assert mlflow.get_run(tags["eval_run_id"]).data.metrics["fid"] >= 0
+        evaluation = mlflow.get_run(tags["eval_run_id"])
+        assert evaluation.data.metrics["fid"] >= 0
+        version = registry.alias_version(model, registry.CHAMPION)
+        assert [m.model_id for m in evaluation.inputs.model_inputs] == [registry.logged_model_id(version)]
+        assert registry.logged_model_id(version).startswith("m-")  # the evaluation is linked to the model
 
 
 def test_the_summary_says_where_to_look(chain):

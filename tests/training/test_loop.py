@@ -121,6 +121,23 @@ def test_a_cosine_schedule_warms_up_decays_and_fixes_its_length(mis, tmp_path, c
         loop.train(config(tmp_path / "no-steps", lr_schedule="cosine"))
 
 
+def test_logs_settings_and_the_loss_into_the_mlflow_run_it_is_given(mis, tmp_path, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    run_id = client.create_run(client.create_experiment("m2m-training")).info.run_id
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("MLFLOW_RUN_ID", run_id)
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "m2m-training")
+    loop.train(config(tmp_path / "m2m-self", data=mis, steps=3))
+    run = client.get_run(run_id)
+    assert run.data.params["lr"] == "0.001" and run.data.params["steps"] == "3"
+    assert [m.step for m in client.get_metric_history(run_id, "loss")] == [1, 2, 3]
+    assert {"lr", "images_per_s"} <= set(run.data.metrics)
+    assert {e.name for e in client.search_experiments()} == {"Default", "m2m-training"}  # no stray experiment
+
+
 def test_task_fine_tuning_resumes_exactly(procedure_data, tmp_path):
     from m2m.models.build import build_pipeline
 
