@@ -80,7 +80,7 @@ def recover(instance: dg.DagsterInstance, root: Path, log=_print) -> int:
     uri = tracking.tracking_uri(root)
     if stale and (not uri.startswith("sqlite:///") or Path(uri[len("sqlite:///") :]).is_file()):
         tracking.configure(str(root), uri)
-        reason = "the pipeline was killed while this run was being logged; the stage is logged again on rerun"
+        reason = "the pipeline was killed during this run; the stage runs or is logged again on rerun"
         stale_ids = {run.run_id for run in stale}
         for run_id in mlflow_runs.fail_running(reason, lambda run: run.data.tags.get("dagster.run_id") in stale_ids):
             log(f"marked MLflow run {run_id} FAILED: {reason}")
