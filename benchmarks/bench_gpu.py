@@ -87,7 +87,7 @@ def train_step_rate(model, kind: str, batch_images: int, n_images: int, device: 
         cfg = unet.config.unet_config
         z0 = torch.randn(sets, n_images, cfg["in_channels"], cfg["sample_size"], cfg["sample_size"], device=device)
         context = z0
-        if kind == "dino":  # precomputed DINOv2 features: patches plus the class token
+        if model.context_encoder.external:  # precomputed DINOv2 features: patches plus the class token
             enc = model.image_encoder.config
             tokens = (unet.config.dino_image_size // enc.patch_size) ** 2 + 1
             context = torch.randn(sets, n_images, tokens, enc.hidden_size, device=device)

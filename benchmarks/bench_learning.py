@@ -38,9 +38,10 @@ from learning.common import PRECEDING, export_fp16, load, mean_rows, pair_chance
 from learning.report import (
     ATTRIBUTES, RESULTS, labelled_grid, plot_curves, run_header, save_atomic, save_json, section, write_section,
 )
+from m2m.models.context import context_encoder
 
 TEST_PERCENT = 20
-VARIANT_NAMES = {"self": "M2M-Self", "dino": "M2M-DINO"}
+VARIANT_NAMES = {name: context_encoder(name).display_name for name in ("self", "dino")}
 GUIDANCE_SWEEP = (0.0, 1.0, 2.0, 4.0, 7.5)
 
 

@@ -29,7 +29,7 @@ def measure(variant: str, micro_batch: int, n_images: int, steps: int) -> dict:
     cfg, noise_scheduler = unet.config.unet_config, DDPMScheduler.from_config(pipe.scheduler.config)
     z0 = torch.randn(micro_batch, n_images, cfg["in_channels"], cfg["sample_size"], cfg["sample_size"], device="cuda")
     context = z0
-    if variant == "dino":
+    if pipe.context_encoder.external:
         encoder = pipe.image_encoder.config
         tokens = (unet.config.dino_image_size // encoder.patch_size) ** 2 + 1
         context = torch.randn(micro_batch, n_images, tokens, encoder.hidden_size, device="cuda")

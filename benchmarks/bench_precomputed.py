@@ -34,7 +34,7 @@ def full_size_pipeline(variant: str, device: str):
     return build("sd21", variant, device, torch.float32)
 
 
-def step_seconds(pipe, variant: str, sets: int, n_images: int, device: str, stored: bool, steps: int) -> float:
+def step_seconds(pipe, sets: int, n_images: int, device: str, stored: bool, steps: int) -> float:
     """Seconds per training step (context + eq. 5 loss, backward, AdamW) under bf16 autocast on a GPU."""
     from diffusers import DDPMScheduler
 
@@ -42,8 +42,8 @@ def step_seconds(pipe, variant: str, sets: int, n_images: int, device: str, stor
 
     size = pipe.image_size
     images = torch.rand(sets, n_images, 3, size, size, device=device) * 2 - 1
-    latents, dino = clean_context(pipe, images)  # what generate-mis --precompute stores (fp16 on disk)
-    encodings = (latents.half(), dino.half() if variant == "dino" else None) if stored else (None, None)
+    latents, features = clean_context(pipe, images)  # what generate-mis --precompute stores (fp16 on disk)
+    encodings = (latents.half(), features.half() if pipe.context_encoder.external else None) if stored else (None, None)
     noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
     unet = pipe.unet.train()
     optimizer = torch.optim.AdamW(unet.parameters(), lr=1e-5)
@@ -82,8 +82,8 @@ def main() -> None:
     for variant in ("self", "dino"):
         pipe = make(variant, args.device)
         torch.manual_seed(0)
-        encode = step_seconds(pipe, variant, args.sets, args.n_images, args.device, False, args.steps)
-        stored = step_seconds(pipe, variant, args.sets, args.n_images, args.device, True, args.steps)
+        encode = step_seconds(pipe, args.sets, args.n_images, args.device, False, args.steps)
+        stored = step_seconds(pipe, args.sets, args.n_images, args.device, True, args.steps)
         rows[variant] = {"encode_s": encode, "stored_s": stored, "ratio": stored / encode}
         print(f"M2M-{variant}: encoding {encode:.3f} s/step, stored {stored:.3f} s/step, ratio {stored / encode:.2f}")
     if args.json:

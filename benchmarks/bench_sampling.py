@@ -31,6 +31,7 @@ def _build(presets, preset, variant, device, dtype):
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
     from transformers import Dinov2Config, Dinov2Model
 
+    from m2m.models.context import context_encoder
     from m2m.models.unet import M2MUNet
     from m2m.pipeline import M2MPipeline
 
@@ -41,7 +42,8 @@ def _build(presets, preset, variant, device, dtype):
     vae = None if preset == "tiny" else AutoencoderKL.from_config(presets.SD21_VAE).to(device, dtype)
     if variant is None:
         return sd_unet.to(device, dtype), vae, DDIMScheduler(**sched_cfg)
-    encoder = Dinov2Model(Dinov2Config(**dino_cfg)).to(device, dtype).eval() if variant == "dino" else None
+    external = context_encoder(variant).external  # timed with a random DINOv2 of the preset's size
+    encoder = Dinov2Model(Dinov2Config(**dino_cfg)).to(device, dtype).eval() if external else None
     settings = presets.PRESET_SETTINGS[preset]
     unet = M2MUNet.from_sd_unet(sd_unet, variant, context_dim=dino_cfg["hidden_size"] if encoder else None, **settings)
     for attn, _ in unet.image_set_layers():  # non-zero output projections: the context must cost what it costs

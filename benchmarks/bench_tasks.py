@@ -32,10 +32,11 @@ import torch
 from learning.common import load, train_for
 from learning.report import RESULTS, labelled_grid, run_header, save_atomic, save_json, table, write_section
 from learning.tasks import PROTOCOLS, TASKS, chance, continue_items, fixtures, heldout_items, score
+from m2m.models.context import context_encoder
 from m2m.training.config import TASK_SAMPLES
 
 CLEAR_MARGIN = 0.10  # points of the condition's attribute, jump with vs without the condition
-VARIANT_NAMES = {"self": "M2M-Self", "dino": "M2M-DINO"}
+VARIANT_NAMES = {name: context_encoder(name).display_name for name in ("self", "dino")}
 WITH, WITHOUT, BEFORE = "fine-tuned, condition (s_C = 1)", "fine-tuned, condition ignored (s_C = 0)", "not fine-tuned"
 
 

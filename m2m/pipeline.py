@@ -2,8 +2,8 @@
 
 Given K >= 0 preceding images it generates M images one at a time; each generated image joins the
 context, and the model sees at most the last ``window`` (W) context images. Keys/values of each context
-image are computed once and cached (M2M-Self: its clean pass at t = 0; M2M-DINO: its DINOv2 features),
-so the cost per generated image does not grow with the sequence.
+image are computed once and cached (M2M-Self: its clean pass at t = 0; M2M-DINO: its DINOv2 features;
+``m2m.models.context``), so the cost per generated image does not grow with the sequence.
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
-from m2m.models.encoders import decode_latents, dino_features, encode_images
+from m2m.models.context import ContextEncoder
+from m2m.models.encoders import decode_latents, encode_images
 from m2m.models.unet import M2MUNet  # noqa: F401  (diffusers resolves the saved `unet` component by it)
 
 
@@ -55,7 +56,8 @@ class M2MPipeline(DiffusionPipeline):
     """Many-to-many generation with an M2M model.
 
     Components: ``unet`` (``M2MUNet``), ``scheduler`` (DDIM for inference, appendix A), ``vae``
-    (``AutoencoderKL``, or None for pixel space) and ``image_encoder`` (``Dinov2Model``, M2M-DINO only).
+    (``AutoencoderKL``, or None for pixel space) and ``image_encoder``, the external context encoder
+    (``Dinov2Model`` for M2M-DINO; None for M2M-Self).
     """
 
     model_cpu_offload_seq = "image_encoder->unet->vae"
@@ -73,6 +75,10 @@ class M2MPipeline(DiffusionPipeline):
         return self.unet.config.variant
 
     @property
+    def context_encoder(self) -> ContextEncoder:
+        return self.unet.context_encoder
+
+    @property
     def image_size(self) -> int:
         size = self.unet.config.unet_config["sample_size"]
         if self.vae is not None:
@@ -82,9 +88,10 @@ class M2MPipeline(DiffusionPipeline):
     # -- context: what the model attends to ---------------------------------------------------
 
     def _context_of(self, pixels: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
-        if self.variant == "self":
+        encoder = self.context_encoder
+        if not encoder.external:
             return latents.to(self.unet.dtype)
-        return dino_features(self.image_encoder, pixels, self.unet.config.dino_image_size).to(self.unet.dtype)
+        return encoder.features(self.image_encoder, pixels, self.unet.config.dino_image_size).to(self.unet.dtype)
 
     @staticmethod
     def _check_settings(num_inference_steps, scales: dict) -> None:
@@ -172,9 +179,9 @@ class M2MPipeline(DiffusionPipeline):
         def branch_cond(positions: slice) -> torch.Tensor | None:
             return None if cond_emb is None else per_branch(cond_emb[:, positions], cond_on)
 
-        if self.variant == "self":
+        if not self.context_encoder.external:
             latents_given = encode_images(self.vae, pixels.to(self.vae.dtype if self.vae else dtype))
-        else:  # M2M-DINO attends to DINOv2 features of the pixels; it never needs their latents
+        else:  # an external encoder (M2M-DINO's DINOv2) reads the pixels; their latents are never needed
             latents_given = pixels.new_zeros(batch, n_given, 0)
         memory_pixels = [pixels[:, j : j + 1] for j in range(n_given)]
         memory_latents = [latents_given[:, j : j + 1] for j in range(n_given)]

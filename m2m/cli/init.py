@@ -8,6 +8,7 @@ from m2m.cli.flags import HelpFormatter
 from pathlib import Path
 
 from m2m.models import presets
+from m2m.models.context import context_encoder_names
 
 HELP = "write a fresh M2M model folder (preset tiny|sd21, variant self|dino)"
 DESCRIPTION = """\
@@ -29,7 +30,7 @@ def register(subparsers) -> argparse.ArgumentParser:
         "init", help=HELP, description=DESCRIPTION, formatter_class=HelpFormatter
     )
     parser.add_argument("--preset", choices=presets.PRESETS, default="tiny", help="model size (default tiny)")
-    parser.add_argument("--variant", choices=["self", "dino"], default="self", help="M2M-Self or M2M-DINO")
+    parser.add_argument("--variant", choices=context_encoder_names(), default="self", help="M2M-Self or M2M-DINO")
     parser.add_argument("--condition", choices=["camera", "procedure"], help="add a task-condition embedder")
     parser.add_argument("--out", required=True, type=Path, help="the model folder to write")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random weights (tiny) and new layers")

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from m2m.cli.flags import AUTO, BooleanFlag, HelpFormatter, positive_int_or_auto
 from m2m.models import presets
+from m2m.models.context import context_encoder_names
 from m2m.training.config import LR_SCHEDULES, MIXED_PRECISION, PRESET_DEFAULTS, TASK_CONDITIONS, TASK_SAMPLES, TrainConfig
 
 
@@ -53,7 +54,7 @@ def register(subparsers) -> argparse.ArgumentParser:
         "train", help=HELP, description=DESCRIPTION, formatter_class=HelpFormatter
     )
     p.add_argument("--preset", choices=presets.PRESETS, default=d.preset, help="model size (default tiny)")
-    p.add_argument("--variant", choices=["self", "dino"], default=d.variant, help="M2M-Self or M2M-DINO")
+    p.add_argument("--variant", choices=context_encoder_names(), default=d.variant, help="M2M-Self or M2M-DINO")
     p.add_argument("--data", type=Path, default=d.data, help="MIS dataset folder (default assets/mis)")
     p.add_argument("--out", type=Path, required=True, help="model folder to write, e.g. assets/models/m2m-self")
     p.add_argument("--init", type=Path, help="pipeline folder to start from (default: fresh from the preset)")

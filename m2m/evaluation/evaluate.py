@@ -234,9 +234,8 @@ def write_report(report: dict, preceding: torch.Tensor, generated: torch.Tensor,
 
 
 def method_name(pipe, model: str | Path) -> str:
-    """``M2M-Self (name)`` / ``M2M-DINO (name)`` from the model's variant and folder name."""
-    variant = {"self": "M2M-Self", "dino": "M2M-DINO"}.get(pipe.unet.config.variant, pipe.unet.config.variant)
-    return f"{variant} ({Path(model).name})"
+    """``M2M-Self (name)`` / ``M2M-DINO (name)`` from the model's context encoder and folder name."""
+    return f"{pipe.context_encoder.display_name} ({Path(model).name})"
 
 
 def evaluate(

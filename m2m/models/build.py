@@ -2,51 +2,46 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 
 from m2m.models import presets
+from m2m.models.context import context_encoder
 from m2m.models.unet import M2MUNet, load_sd_unet
+
+
+def _context_encoder(variant: str, preset: str, folder: Path):
+    """(the frozen external context encoder or None, its width: the UNet's ``context_dim``)."""
+    encoder = context_encoder(variant)
+    if not encoder.external:
+        return None, None
+    image_encoder = encoder.build(preset, folder)
+    return image_encoder, encoder.width(image_encoder)
 
 
 def _tiny_components(variant: str, condition: str | None, seed: int):
     from diffusers import DDIMScheduler, UNet2DConditionModel
-    from transformers import Dinov2Config, Dinov2Model
 
     torch.manual_seed(seed)
     sd_unet = UNet2DConditionModel.from_config(presets.TINY_UNET)  # stands in for SD's weights
     settings = presets.PRESET_SETTINGS["tiny"]
-    image_encoder = Dinov2Model(Dinov2Config(**presets.TINY_DINO)).eval() if variant == "dino" else None
-    unet = M2MUNet.from_sd_unet(
-        sd_unet, variant, context_dim=presets.TINY_DINO["hidden_size"] if image_encoder else None,
-        condition=condition, **settings,
-    )
+    image_encoder, context_dim = _context_encoder(variant, "tiny", None)
+    unet = M2MUNet.from_sd_unet(sd_unet, variant, context_dim=context_dim, condition=condition, **settings)
     return unet, DDIMScheduler(**presets.TINY_SCHEDULER), None, image_encoder
 
 
-def _sd21_components(variant: str, condition: str | None, sd_folder: Path, dino_folder: Path):
+def _sd21_components(variant: str, condition: str | None, sd_folder: Path, encoder_folder: Path):
     from diffusers import AutoencoderKL, DDIMScheduler
-    from transformers import Dinov2Model
 
     sd_folder = Path(sd_folder)
     for part in ("unet", "vae", "scheduler"):
         if not (sd_folder / part).is_dir():
             raise presets.missing_weights(sd_folder, f"the {part}/ folder", "stabilityai/stable-diffusion-2-1-base")
-    image_encoder = None
-    if variant == "dino":
-        dino_folder = Path(dino_folder)
-        if not (dino_folder / "config.json").exists():
-            raise presets.missing_weights(dino_folder, "DINOv2 (config.json)", "facebook/dinov2-giant")
-        model_type = json.loads((dino_folder / "config.json").read_text()).get("model_type")
-        if model_type != "dinov2":
-            raise ValueError(f"{dino_folder}/config.json: model_type is {model_type!r}, not 'dinov2'")
-        image_encoder = Dinov2Model.from_pretrained(dino_folder, local_files_only=True).eval()
+    image_encoder, context_dim = _context_encoder(variant, "sd21", encoder_folder)
     settings = presets.PRESET_SETTINGS["sd21"]
     unet = M2MUNet.from_sd_unet(
-        load_sd_unet(sd_folder / "unet"), variant,
-        context_dim=image_encoder.config.hidden_size if image_encoder else None, condition=condition, **settings,
+        load_sd_unet(sd_folder / "unet"), variant, context_dim=context_dim, condition=condition, **settings
     )
     vae = AutoencoderKL.from_pretrained(sd_folder / "vae", local_files_only=True)
     scheduler = DDIMScheduler.from_pretrained(sd_folder / "scheduler", local_files_only=True)
@@ -61,7 +56,11 @@ def build_pipeline(
     sd_folder: str | Path = presets.SD21_FOLDER,
     dino_folder: str | Path = presets.DINO_FOLDER,
 ):
-    """A fresh M2M pipeline: ``tiny`` (random SD stand-in, CPU) or ``sd21`` (SD-2.1-base weights)."""
+    """A fresh M2M pipeline: ``tiny`` (random SD stand-in, CPU) or ``sd21`` (SD-2.1-base weights).
+
+    ``dino_folder``: the local weights folder the external context encoder is built from (``sd21``),
+    DINOv2's for M2M-DINO.
+    """
     from m2m.pipeline import M2MPipeline
 
     if preset == "tiny":

@@ -8,6 +8,8 @@ Paper section 5 and 6.1. ``M2MUNet`` wraps a diffusers ``UNet2DConditionModel`` 
   Attention unchanged, so its hidden states depend on the clean image alone and can be cached.
 - M2M-DINO (section 5.2): keys/values are the frozen DINOv2 last hidden states of the clean images.
 
+A model's config names its context encoder (``variant``); ``m2m.models.context`` says what the name means.
+
 Everything else keeps the Stable Diffusion weights bit for bit (``from_sd_unet``).
 """
 
@@ -24,20 +26,12 @@ from torch import nn
 
 from m2m.models.attention import ImageSetAttnProcessor, SetState
 from m2m.models.conditions import build_condition_embedder
-
-VARIANTS = ("self", "dino")
+from m2m.models.context import ContextEncoder, context_encoder
 
 
 def _isa_unet_config(unet_config: dict, variant: str, context_dim: int | None) -> dict:
     config = {k: v for k, v in dict(unet_config).items() if not k.startswith("_")}
-    if variant == "self":  # keys/values come from the same block's hidden states
-        config["cross_attention_dim"] = list(config["block_out_channels"])
-    elif variant == "dino":
-        if not context_dim:
-            raise ValueError("M2M-DINO needs context_dim: the hidden size of the DINOv2 encoder")
-        config["cross_attention_dim"] = int(context_dim)
-    else:
-        raise ValueError(f"unknown M2M variant {variant!r}; expected one of {VARIANTS}")
+    config["cross_attention_dim"] = context_encoder(variant).cross_attention_dim(config, context_dim)
     return config
 
 
@@ -46,11 +40,13 @@ class M2MUNet(ModelMixin, ConfigMixin):
 
     Args:
         unet_config: the config of the Stable Diffusion UNet it is built from.
-        variant: ``"self"`` (M2M-Self) or ``"dino"`` (M2M-DINO).
-        context_dim: DINOv2 hidden size (M2M-DINO only).
+        variant: the context encoder's name in ``m2m.models.context``: ``"self"`` (M2M-Self),
+            ``"dino"`` (M2M-DINO) or another registered one.
+        context_dim: the external context encoder's hidden size (None for M2M-Self).
         condition: task condition for fine-tuning (``"camera"`` or ``"procedure"``), or None.
         condition_dim: width of the task-condition embedding ``E(c_C)``.
-        dino_image_size: the resolution clean images are resized to for DINOv2.
+        dino_image_size: the resolution clean images are resized to for the external context encoder
+            (DINOv2 for M2M-DINO; the name is kept so that saved models load).
     """
 
     _supports_gradient_checkpointing = True
@@ -70,7 +66,7 @@ class M2MUNet(ModelMixin, ConfigMixin):
         self.state = SetState()
         self.condition_embedder = build_condition_embedder(condition, condition_dim) if condition else None
         self.context_condition = None
-        if condition and variant == "dino":  # v = v_0 + E_c(c_C)
+        if condition and context_encoder(variant).external:  # v = v_0 + E_c(c_C)
             self.context_condition = nn.Linear(condition_dim, context_dim)
             nn.init.zeros_(self.context_condition.weight)
             nn.init.zeros_(self.context_condition.bias)
@@ -118,6 +114,11 @@ class M2MUNet(ModelMixin, ConfigMixin):
 
     # -- the Image-Set Attention layers --------------------------------------------------------
 
+    @property
+    def context_encoder(self) -> ContextEncoder:
+        """What the keys/values of eq. 4 are made from (``m2m.models.context``), by ``variant``."""
+        return context_encoder(self.config.variant)
+
     def image_set_layers(self) -> list[tuple[Attention, ImageSetAttnProcessor]]:
         return [(m, m.processor) for m in self.unet.modules() if isinstance(getattr(m, "processor", None), ImageSetAttnProcessor)]
 
@@ -148,14 +149,15 @@ class M2MUNet(ModelMixin, ConfigMixin):
         """Cache the keys/values of clean context images; they join the end of the cache.
 
         ``context`` is ``(B, Nc, C, h, w)`` clean latents (Self: one UNet pass at t = 0) or
-        ``(B, Nc, S, D)`` DINOv2 features (DINO). Computed once per context image, the cache serves every
-        denoising step and every later auto-regressive step. ``keep`` (the window W) bounds the cache to
-        the newest images, so its memory stays flat however long the sequence grows.
+        ``(B, Nc, S, D)`` features of an external context encoder (DINO: DINOv2's). Computed once per
+        context image, the cache serves every denoising step and every later auto-regressive step.
+        ``keep`` (the window W) bounds the cache to the newest images, so its memory stays flat however
+        long the sequence grows.
         """
         batch, n_context = context.shape[:2]
         s = self.state
         s.batch, s.n_context, s.cond_context, s.keep = batch, n_context, cond_context, keep
-        if self.config.variant == "self":
+        if not self.context_encoder.external:
             s.mode = "encode"
             t0 = torch.zeros(batch * n_context, device=context.device, dtype=torch.long)
             self.unet(context.flatten(0, 1), t0, encoder_hidden_states=None)
@@ -179,8 +181,8 @@ class M2MUNet(ModelMixin, ConfigMixin):
         """Predict the noise of ``noisy`` ``(B, Nq, C, h, w)`` at ``timestep``.
 
         Args:
-            context: clean latents ``(B, Nc, C, h, w)`` (Self) or DINOv2 features ``(B, Nc, S, D)``
-                (DINO); None reads the cache filled by ``encode_context``.
+            context: clean latents ``(B, Nc, C, h, w)`` (Self) or an external context encoder's
+                features ``(B, Nc, S, D)`` (DINO); None reads the cache filled by ``encode_context``.
             visible: for each noisy image, how many clean images it sees. Default: the causal mask of
                 training, noisy image i sees clean images 1..i-1 (requires Nc = Nq); with the cache,
                 the last ``window`` cached images.
@@ -206,7 +208,7 @@ class M2MUNet(ModelMixin, ConfigMixin):
             s.visible = visible if visible is not None else list(range(n_query))
             if max(s.visible, default=0) > n_context:
                 raise ValueError(f"a noisy image cannot see {max(s.visible)} of {n_context} context images")
-            if self.config.variant == "self":
+            if not self.context_encoder.external:
                 s.mode = "joint"
                 n_clean = batch * n_context
                 sample = torch.cat([context.flatten(0, 1).to(sample.dtype), sample], 0)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from m2m.models import presets
+from m2m.models.context import context_encoder_names
 
 # Task of section 6.2 -> the task condition it adds to the model.
 TASK_CONDITIONS = {"nvs": "camera", "procedure": "procedure"}
@@ -107,13 +108,12 @@ class TrainConfig:
         return self.batch_size // (self.micro_batch_size * num_processes)
 
     def _check(self, num_processes: int) -> None:
-        from m2m.models.unet import VARIANTS
-
         def need(ok: bool, field: str, message: str) -> None:
             if not ok:
                 raise ValueError(f"--{field.replace('_', '-')}: {message}, got {getattr(self, field)!r}")
 
-        need(self.variant in VARIANTS, "variant", f"must be one of {', '.join(VARIANTS)}")
+        variants = context_encoder_names()
+        need(self.variant in variants, "variant", f"must be one of {', '.join(variants)}")
         need(self.task is None or self.task in TASK_CONDITIONS, "task", f"must be one of {', '.join(TASK_CONDITIONS)}")
         need(self.task is None or self.task_data is not None, "task_data", f"is required with --task {self.task}")
         need(self.task_sample in TASK_SAMPLES, "task_sample", f"must be one of {', '.join(TASK_SAMPLES)}")

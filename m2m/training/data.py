@@ -109,12 +109,15 @@ def _task_dataset(cfg: TrainConfig, n_images: int, sample: str, image_size: int)
 
 def stored_encodings(cfg: TrainConfig, pipe) -> tuple[str, ...]:
     """The encodings training reads from the MIS shards instead of computing them: ``("latents",)`` or
-    ``("latents", "dino")``, or ``()`` (with one log line saying why) when the shards do not carry them
-    at the model's sizes. Only a latent-space model (a VAE) has anything to skip."""
+    ``("latents", "dino")`` (an external context encoder's ``stored_as``), or ``()`` (with one log line
+    saying why) when the shards do not carry them at the model's sizes. Only a latent-space model (a VAE)
+    has anything to skip."""
     if pipe.vae is None:
         return ()
     from m2m.data.loader import resolve_mis
     from m2m.data.shards import read_sidecar
+
+    encoder = pipe.context_encoder
 
     _, manifest = resolve_mis(cfg.data)
     settings = []
@@ -128,14 +131,18 @@ def stored_encodings(cfg: TrainConfig, pipe) -> tuple[str, ...]:
     elif any(s.get("image_size") != pipe.image_size for s in settings):
         why = f"the shards' latents are of another image size than the model's {pipe.image_size} px"
     if why is not None:
-        logger.info(f"{why}: encoding every set with the VAE{' and DINOv2' if cfg.variant == 'dino' else ''}")
+        also = f" and {encoder.display_name}'s context encoder" if encoder.external else ""
+        logger.info(f"{why}: encoding every set with the VAE{also}")
         return ()
-    dino_size = pipe.unet.config.dino_image_size
-    stored_dino = all(s["precompute"].get("dino") and s["precompute"].get("dino_size") == dino_size for s in settings)
-    if cfg.variant == "dino" and stored_dino:
-        return ("latents", "dino")
-    if cfg.variant == "dino":
-        logger.info(f"the shards carry no DINOv2 features at {dino_size} px: encoding every set with DINOv2")
+    if not encoder.external:
+        return ("latents",)
+    name, size = encoder.stored_as, pipe.unet.config.dino_image_size
+    if name is not None and all(
+        s["precompute"].get(name) and s["precompute"].get(f"{name}_size") == size for s in settings
+    ):
+        return ("latents", name)
+    logger.info(f"the shards carry no features of {encoder.display_name}'s context encoder at {size} px: "
+                "encoding every set with it")
     return ("latents",)
 
 

@@ -48,6 +48,7 @@ def live_tracker() -> str | None:
 def load_pipeline(cfg: TrainConfig):
     """The pipeline to train: ``--init`` or fresh from the preset, with the task condition added."""
     from m2m.models.build import add_condition, build_pipeline
+    from m2m.models.context import context_encoder
     from m2m.pipeline import M2MPipeline
 
     if cfg.init is not None:
@@ -55,7 +56,7 @@ def load_pipeline(cfg: TrainConfig):
             raise FileNotFoundError(f"{cfg.init}: not an M2M pipeline folder (model_index.json missing)")
         verify_safetensors(cfg.init)
         pipe = M2MPipeline.from_pretrained(cfg.init, dtype=torch.float32)  # fp32 master weights
-        if pipe.variant != cfg.variant:
+        if pipe.context_encoder is not context_encoder(cfg.variant):
             raise ValueError(f"--init {cfg.init}: an M2M-{pipe.variant} model, but --variant is {cfg.variant}")
     else:
         pipe = build_pipeline(

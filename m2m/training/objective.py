@@ -5,25 +5,27 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from m2m.models.encoders import dino_features, encode_images
+from m2m.models.encoders import encode_images
 
 
 @torch.no_grad()
 def clean_context(
-    pipe, images: torch.Tensor, latents: torch.Tensor | None = None, dino: torch.Tensor | None = None
+    pipe, images: torch.Tensor, latents: torch.Tensor | None = None, features: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``z_0^{1:N} = E(I)`` and the context the model attends to: ``z_0`` (Self) or DINOv2 ``v`` (DINO).
+    """``z_0^{1:N} = E(I)`` and the context the model attends to: ``z_0`` (Self) or the external context
+    encoder's features ``v`` (DINO: DINOv2's), as ``m2m.models.context`` says for the model's variant.
 
-    ``latents`` and ``dino`` are the same encodings stored with the MIS shards (``generate-mis
-    --precompute``, the same encoder functions); given, they replace the VAE and DINOv2 passes.
+    ``latents`` and ``features`` are the same encodings stored with the MIS shards (``generate-mis
+    --precompute``, the same encoder functions); given, they replace the VAE and context-encoder passes.
     """
     dtype = pipe.unet.dtype
+    encoder = pipe.unet.context_encoder
     z0 = encode_images(pipe.vae, images) if latents is None else latents.to(images.device, dtype)
-    if pipe.unet.config.variant == "self":
+    if not encoder.external:
         return z0, z0
-    if dino is not None:
-        return z0, dino.to(images.device, dtype)
-    return z0, dino_features(pipe.image_encoder, images, pipe.unet.config.dino_image_size)
+    if features is not None:
+        return z0, features.to(images.device, dtype)
+    return z0, encoder.features(pipe.image_encoder, images, pipe.unet.config.dino_image_size)
 
 
 def m2m_loss(

@@ -3,12 +3,14 @@ sd21 preset reads them instead of encoding every set; without them it encodes an
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 
 import pytest
 import torch
 
+from m2m.models.context import CONTEXT_ENCODERS, context_encoder
 from m2m.training import loop, objective
 from m2m.training.config import TrainConfig
 
@@ -51,7 +53,7 @@ def plain_mis(tmp_path_factory):
 
 @pytest.fixture
 def encoder_calls(monkeypatch):
-    """How often training runs the VAE encoder and DINOv2."""
+    """How often training steps run the VAE encoder, and the run runs DINOv2 (``samples.png`` included)."""
     calls = {"vae": 0, "dino": 0}
 
     def counted(name, function):
@@ -61,8 +63,9 @@ def encoder_calls(monkeypatch):
 
         return wrapper
 
+    dino = context_encoder("dino")
     monkeypatch.setattr(objective, "encode_images", counted("vae", objective.encode_images))
-    monkeypatch.setattr(objective, "dino_features", counted("dino", objective.dino_features))
+    monkeypatch.setitem(CONTEXT_ENCODERS, "dino", dataclasses.replace(dino, features=counted("dino", dino.features)))
     return calls
 
 
@@ -79,7 +82,7 @@ def test_training_reads_stored_latents_and_features(encoded_mis, tmp_path, tiny_
                                                      encoder_calls, caplog):
     caplog.set_level(logging.INFO)
     train_sd21(encoded_mis, tmp_path / "model", (tiny_sd_folder, tiny_dino_folder))
-    assert encoder_calls == {"vae": 0, "dino": 0}
+    assert encoder_calls == {"vae": 0, "dino": 2}  # DINOv2 for samples.png's 2 preceding images alone
     assert FALLBACK not in caplog.text
 
 
@@ -87,7 +90,7 @@ def test_training_encodes_and_says_so_once_without_them(plain_mis, tmp_path, tin
                                                        encoder_calls, caplog):
     caplog.set_level(logging.INFO)
     train_sd21(plain_mis, tmp_path / "model", (tiny_sd_folder, tiny_dino_folder))
-    assert encoder_calls["vae"] == 2 and encoder_calls["dino"] == 2
+    assert encoder_calls["vae"] == 2 and encoder_calls["dino"] == 2 + 2  # 2 steps, then samples.png
     assert caplog.text.count(FALLBACK) == 1
 
 
