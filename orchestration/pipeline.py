@@ -24,7 +24,7 @@ from orchestration.command import INTERRUPTED
 from orchestration.definitions import defs as load_defs
 from orchestration.defs.jobs import PREPARE_JOB, SHARDS_JOB, TRAIN_JOB
 from orchestration.defs.promotion import promote_champion
-from orchestration.project import project_root
+from orchestration.project import CODE_LOCATION, project_root
 from orchestration.stages import PipelineError, load_pipeline
 
 # The run log on the console: what the steps say (INFO), not every engine event (DEBUG).
@@ -43,6 +43,15 @@ def failures(result: dg.ExecuteInProcessResult) -> list[str]:
     return lines
 
 
+def code_location_tag() -> dict[str, str]:
+    """The tag by which ``dagster dev`` lists a run on its job's page: ``__repository__@<code location>``.
+    Runs started here are in-process and would otherwise carry no code location."""
+    from dagster._core.definitions.repository_definition import SINGLETON_REPOSITORY_NAME
+    from dagster._core.storage.tags import REPOSITORY_LABEL_TAG
+
+    return {REPOSITORY_LABEL_TAG: f"{SINGLETON_REPOSITORY_NAME}@{CODE_LOCATION}"}
+
+
 def run_job(
     job: dg.JobDefinition,
     instance: dg.DagsterInstance,
@@ -54,7 +63,7 @@ def run_job(
     start = time.monotonic()
     result = job.execute_in_process(
         run_config=run_config or RUN_CONFIG, instance=instance, partition_key=partition_key, raise_on_error=False,
-        tags=recovery.owner_tags(),
+        tags={**recovery.owner_tags(), **code_location_tag()},
     )
     if INTERRUPTED.is_set():
         raise KeyboardInterrupt

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+CODE_LOCATION = "m2m"  # the code location `dagster dev` loads (dg.toml and pyproject.toml say the same)
 
 
 def project_root() -> Path:

@@ -7,6 +7,9 @@ from m2m import registry
 from orchestration.defs.resources import DvcResource, MlflowResource
 
 
+REFUSED_TAG = "m2m/promotion_refused"  # the models whose promotion a run refused, shown with the run
+
+
 class PromotionConfig(dg.Config):
     models: list[str] = Field(default=list(registry.DEFAULT_RULES), description="registered models to consider")
     metrics: list[str] = Field(
@@ -38,7 +41,10 @@ def promote_models(
         raise dg.Failure(description=f"promote_champion config metrics: {err}", allow_retries=False) from None
     decisions = [registry.promote(model, rules) for model in config.models]
     for decision in decisions:
-        context.log.info(str(decision))
+        (context.log.warning if decision.refused else context.log.info)(str(decision))
+    refused = [d.model for d in decisions if d.refused]
+    # a refusal is an outcome, not an error: the run succeeds, and its tag says which were refused
+    context.instance.add_run_tags(context.run_id, {REFUSED_TAG: ", ".join(refused) or "none"})
     return dg.Output([str(d) for d in decisions], metadata={"decisions": decisions_table(decisions)})
 
 

@@ -53,6 +53,20 @@ def test_main_command_materializes_every_asset_with_its_dvc_hash(chain):
             assert materialization.metadata["dvc md5"].value == version
 
 
+def test_its_runs_are_listed_on_their_job_pages(chain):
+    """`dagster dev` lists a job's runs by the code-location tag; in-process runs carry it too."""
+    import tomllib
+
+    from orchestration.project import CODE_LOCATION, REPO
+
+    location = tomllib.loads((REPO / "dg.toml").read_text())["project"]["code_location_name"]
+    assert location == CODE_LOCATION == tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["dagster"][
+        "code_location_name"]
+    runs = instance(chain.root).get_runs()
+    assert {r.job_name for r in runs} >= {"prepare_captions", "train_and_evaluate", "promote_champion"}
+    assert {r.tags.get(".dagster/repository") for r in runs} == {f"__repository__@{location}"}
+
+
 def first_materialization(inst: dg.DagsterInstance, asset: str):
     records = inst.fetch_materializations(dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset)), limit=1, ascending=True)
     return records.records[0].asset_materialization

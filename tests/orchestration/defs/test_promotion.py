@@ -9,9 +9,10 @@ import dagster as dg
 import pytest
 
 from m2m import registry, tracking
-from orchestration.defs.promotion import promote_champion, rollback_champion
+from orchestration.defs.promotion import REFUSED_TAG, promote_champion, rollback_champion
 from orchestration.defs.resources import DvcResource, MlflowResource
 from orchestration.defs.sensors import promote_after_evaluation
+from orchestration.recovery import PID_TAG
 
 
 @pytest.fixture()
@@ -31,10 +32,11 @@ def new_version(root, metrics: dict[str, float]) -> str:
     return str(version.version)
 
 
-def promote(root, metrics: list[str] | None = None) -> dg.ExecuteInProcessResult:
+def promote(root, metrics: list[str] | None = None, instance=None) -> dg.ExecuteInProcessResult:
     config = {"models": ["m2m-self"], **({"metrics": metrics} if metrics else {})}
     return promote_champion.execute_in_process(
-        run_config={"ops": {"promote_models": {"config": config}}}, resources=resources(root), raise_on_error=False
+        run_config={"ops": {"promote_models": {"config": config}}}, resources=resources(root), raise_on_error=False,
+        instance=instance,
     )
 
 
@@ -57,6 +59,16 @@ def test_promotion_job_accepts_a_better_challenger_and_refuses_a_worse_one(store
     better = new_version(store, {"fid": 7, "clip_image_image": 81})
     assert "| m2m-self | changed |" in decisions(promote(store))
     assert champion() == better
+
+
+def test_a_refused_promotion_is_tagged_on_its_run(store):
+    new_version(store, {"fid": 10, "clip_image_image": 80})
+    with dg.instance_for_test() as instance:
+        accepted = promote(store, instance=instance)
+        assert instance.get_run_by_id(accepted.run_id).tags[REFUSED_TAG] == "none"
+        new_version(store, {"fid": 14, "clip_image_image": 80})
+        refused = promote(store, instance=instance)
+        assert refused.success and instance.get_run_by_id(refused.run_id).tags[REFUSED_TAG] == "m2m-self"
 
 
 def test_promotion_rules_come_from_the_run_config(store):
@@ -95,3 +107,19 @@ def test_each_new_evaluation_requests_one_promotion_run():
         assert len(tick.run_requests) == 1 and tick.run_requests[0].job_name in (None, "promote_champion")
         after = promote_after_evaluation.evaluate_tick(dg.build_sensor_context(instance=instance, cursor=tick.cursor))
         assert not after.run_requests
+
+
+def test_an_evaluation_of_the_main_command_requests_no_promotion_run():
+    """The main command promotes after its own evaluation: the first `dagster dev` after it starts nothing."""
+
+    @dg.asset(name="evaluation")
+    def evaluation():
+        return None
+
+    with dg.instance_for_test() as instance:
+        dg.materialize([evaluation], instance=instance, tags={PID_TAG: "12345"})
+        tick = promote_after_evaluation.evaluate_tick(dg.build_sensor_context(instance=instance))
+        assert not tick.run_requests and "main command" in tick.skip_message
+        dg.materialize([evaluation], instance=instance)  # materialized from the UI
+        tick = promote_after_evaluation.evaluate_tick(dg.build_sensor_context(instance=instance, cursor=tick.cursor))
+        assert len(tick.run_requests) == 1
