@@ -19,7 +19,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from orchestration import recovery
+from orchestration import recovery, team
 from orchestration.command import INTERRUPTED
 from orchestration.definitions import defs as load_defs
 from orchestration.defs.jobs import PREPARE_JOB, SHARDS_JOB, TRAIN_JOB
@@ -138,6 +138,9 @@ def main(argv: list[str] | None = None) -> int:
     except PipelineError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    note = team.before_run(root)
+    if note:
+        print(note, flush=True)
     defs = load_defs()
     instance = dg.DagsterInstance.get()
     recovery.recover(instance, root)
@@ -157,6 +160,9 @@ def main(argv: list[str] | None = None) -> int:
             return 1
     print(summary(root))
     print(f"\nWhole chain done in {time.monotonic() - start:.0f} s.")
+    note = team.after_run(root)
+    if note:
+        print(note)
     return 0
 
 

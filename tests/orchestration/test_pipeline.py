@@ -205,15 +205,34 @@ def md5_tree(root, paths) -> dict[str, str]:
     return out
 
 
-def test_dvc_push_then_pull_restores_the_data_in_a_fresh_clone(chain, tmp_path):
-    outs = [out["path"] for entry in lock(chain.root).values() for out in entry.get("outs", [])]
-    Dvc(chain.root).run("push")
-    clone = tmp_path / "clone"
-    git(tmp_path, "clone", "-q", str(chain.root), str(clone))
-    shutil.copy(chain.root / "dvc.lock", clone / "dvc.lock")
-    dvc = Dvc(clone)
-    dvc.run("remote", "modify", "--local", "local", "url", str(chain.root / ".dvc-remote"))
-    assert not (clone / "assets").exists()
-    dvc.run("pull")
-    assert md5_tree(clone, outs) == md5_tree(chain.root, outs)
-    assert dvc.run("status", "--json").strip() == "{}"
+def test_a_teammate_reproduces_the_run_from_git_and_dvc(chain, tmp_path):
+    """Clone A ran the chain; it pushes to a shared remote and commits dvc.lock; clone B pulls both and gets
+    the same data, DVC clean and a main command with nothing to run."""
+    from orchestration import team
+
+    a = chain.root
+    assert "dvc.lock has changes git does not have" in chain.output  # the run says what a teammate needs
+    outs = [out["path"] for entry in lock(a).values() for out in entry.get("outs", [])]
+    shared = tmp_path / "shared-remote"
+    Dvc(a).run("remote", "add", "-d", "shared", str(shared))  # docs/pipeline.md: the one command
+    Dvc(a).run("push")
+    git(a, "add", "dvc.lock", ".dvc/config")
+    git(a, "-c", "user.name=a", "-c", "user.email=a@example.org", "commit", "-q", "-m", "the run's dvc.lock")
+    assert team.after_run(a) is None
+
+    b = tmp_path / "b"
+    git(tmp_path, "clone", "-q", str(a), str(b))
+    assert "output(s) this clone does not have" in team.before_run(b)
+    Dvc(b).run("pull")
+    assert team.before_run(b) is None
+    assert md5_tree(b, outs) == md5_tree(a, outs)
+    assert Dvc(b).run("status", "--json").strip() == "{}"
+    again = run_main_command(b)
+    assert again.exit_code == 0, again.output
+    assert "(ran)" not in again.output and "dvc.lock has changes" not in again.output
+
+
+def test_a_clone_without_dvc_lock_is_told_what_it_misses(tmp_path):
+    from orchestration import team
+
+    assert "dvc.lock: none in this clone" in team.before_run(tmp_path)
