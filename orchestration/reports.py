@@ -23,23 +23,28 @@ PREVIEW_SIDE = 384  # longest side of an image preview, in pixels
 PREVIEW_CELL = 64  # tiles of small images are scaled up to this many pixels
 
 
-def image_markdown(image, alt: str) -> dg.MetadataValue:
-    """A PIL image as an inline markdown preview, shrunk to ``PREVIEW_SIDE``."""
+def image_markdown(image, alt: str, caption: str | None = None) -> dg.MetadataValue:
+    """A PIL image as an inline markdown preview, shrunk to ``PREVIEW_SIDE``, under ``caption``."""
     image = image.convert("RGB")
     image.thumbnail((PREVIEW_SIDE, PREVIEW_SIDE))
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     encoded = base64.b64encode(buffer.getvalue()).decode("ascii")
-    return dg.MetadataValue.md(f"![{alt}](data:image/png;base64,{encoded})")
+    text = f"![{alt}](data:image/png;base64,{encoded})"
+    return dg.MetadataValue.md(f"**{caption}**\n\n{text}" if caption else text)
 
 
-def file_preview(path: Path, alt: str) -> dict:
+# What a row of a sample grid is (training's samples.png, evaluation's grid.png).
+GRID_CAPTION = "Each row: a held-out set's preceding images, then the images generated after them, left to right"
+
+
+def file_preview(path: Path, alt: str, caption: str | None = None) -> dict:
     from PIL import Image
 
     if not path.is_file():
         return {}
     with Image.open(path) as image:
-        return {alt: image_markdown(image, alt)}
+        return {alt: image_markdown(image, alt, caption)}
 
 
 def tile(images: list, columns: int):
@@ -165,7 +170,7 @@ def training_report(stage: Stage, root: Path) -> dict:
             if rows:
                 meta["last losses"] = markdown_table(list(rows[0]), [list(row.values()) for row in rows])
                 meta["final loss"] = dg.MetadataValue.float(float(rows[-1]["loss"]))
-        meta.update(file_preview(folder / "samples.png", "samples"))
+        meta.update(file_preview(folder / "samples.png", "samples", GRID_CAPTION))
     return meta
 
 
@@ -181,10 +186,11 @@ def evaluation_report(stage: Stage, root: Path) -> dict:
         row = {"model": report["model"]["method"]}
         row.update({key: f"{value['mean']:.2f} ± {value['std']:.2f}" for key, value in summary.items()})
         rows.append(row)
-        meta.update(file_preview(folder / "grid.png", f"samples {folder.name}"))
-    if rows:
-        header = list(dict.fromkeys(key for row in rows for key in row))
-        meta["Table 1"] = markdown_table(header, [[row.get(key, "") for key in header] for row in rows])
+        meta.update(file_preview(folder / "grid.png", f"samples {folder.name}", GRID_CAPTION))
+    if rows:  # one column per model, one row per metric: narrow enough for the asset page
+        metrics = list(dict.fromkeys(key for row in rows for key in row if key != "model"))
+        table = [[metric, *(row.get(metric, "") for row in rows)] for metric in metrics]
+        meta["Table 1"] = markdown_table(["metric (mean ± std)", *(row["model"] for row in rows)], table)
     return meta
 
 

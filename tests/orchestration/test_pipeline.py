@@ -82,10 +82,13 @@ def test_assets_show_counts_grids_losses_metrics_and_links(chain):
     assert dataset["train sets"].value + dataset["test sets"].value == dataset["image sets"].value == 16
     model = first_materialization(inst, "m2m_self_pretrained").metadata
     assert "| step | loss |" in model["last losses"].value and "data:image/png" in model["samples"].value
+    assert model["samples"].value.startswith("**Each row: a held-out set's preceding images")
     assert model["registered model"].value == "m2m-self v1"
     assert model["mlflow run"].value.startswith("http://127.0.0.1:5000/#/experiments/")
     evaluation = first_materialization(inst, "evaluation").metadata
-    assert "M2M-Self (m2m-self)" in evaluation["Table 1"].value and "M2M-DINO (m2m-dino)" in evaluation["Table 1"].value
+    table = evaluation["Table 1"].value.splitlines()
+    assert "M2M-Self (m2m-self)" in table[0] and "M2M-DINO (m2m-dino)" in table[0]  # a column per model ...
+    assert any(row.startswith("| fid |") for row in table) and len(table[0].split("|")) == 5  # a row per metric
     assert evaluation["evaluated version (m2m-dino)"].value == "m2m-dino v1"
 
 
