@@ -1,0 +1,166 @@
+"""When does a set's shape appear? Consistency of every checkpoint of one training run, against images seen.
+
+The judge is the one of ``bench_learning.py``: held-out sets of the same procedural MIS, K = 4 preceding
+images, 4 generated images per set with DDIM 20 at the model's own guidance scale, the generator's detector
+with its thresholds; palette, shape, texture and their mean (the score). A checkpoint is scored with the
+weights the run would save at that step (its EMA weights when the run keeps an EMA).
+
+Scores are kept per checkpoint in ``results/learning_curve_<variant>.json``: a rerun scores only the
+checkpoints it has not seen (a run still training can be scored as it goes). Writes
+``results/learning_curve.png`` and the "Learning curve" section of ``RESULTS.md``.
+
+    m2m train --variant dino --data assets/bench/learning/mis --out assets/bench/long/m2m-dino ...  # README
+    python benchmarks/bench_learning_curve.py --checkpoints assets/bench/long/m2m-dino.ckpt
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from learning.common import PRECEDING, mean_rows
+from learning.report import ATTRIBUTES, RESULTS, run_header, save_atomic, save_json, write_section
+
+SECTION = "## Learning curve"
+VARIANT_NAMES = {"self": "M2M-Self", "dino": "M2M-DINO"}
+
+
+def checkpoint_pipeline(folder: Path):
+    """The pipeline a run would save at this checkpoint: the preset's model with the checkpoint's weights."""
+    from safetensors.torch import load_file
+
+    from m2m.models.build import build_pipeline
+    from m2m.training.checkpoint import read_trainer_state
+
+    settings = read_trainer_state(folder)["settings"]
+    if settings.get("init") or settings.get("task"):
+        raise ValueError(f"{folder}: a fine-tuning checkpoint; this curve is for pre-training runs")
+    pipe = build_pipeline(settings["preset"], settings["variant"], seed=settings["seed"])
+    weights = folder / ("ema.safetensors" if settings.get("ema") else "model.safetensors")
+    state = load_file(weights)
+    missing, unexpected = pipe.unet.load_state_dict(state, strict=False)
+    params = {name for name, _ in pipe.unet.named_parameters()}
+    if unexpected or params & set(missing):
+        raise ValueError(f"{weights}: does not fit the {settings['preset']} M2M-{settings['variant']} UNet")
+    return pipe, settings
+
+
+def score_checkpoint(folder: Path, mis: Path, args) -> dict:
+    from m2m.evaluation.evaluate import generate_continuations, preceding_images, set_consistency_per_position
+    from m2m.evaluation.image_sets import read_mis_eval_sets
+    from m2m.training.checkpoint import read_trainer_state
+
+    pipe, settings = checkpoint_pipeline(folder)
+    state = read_trainer_state(folder)
+    sets, _ = read_mis_eval_sets(mis, "test", PRECEDING, pipe.image_size, args.sets)
+    context, references = preceding_images(sets, PRECEDING), [s.attributes for s in sets]
+    generated = generate_continuations(pipe, context, args.generate, PRECEDING, args.steps, None, args.seed, 16)
+    row = mean_rows(set_consistency_per_position(generated, references))
+    images = state["step"] * settings["batch_size"] * settings["n_images"]
+    return {"checkpoint": folder.name, "step": state["step"], "images_seen": images,
+            "train_hours": state["train_s"] / 3600, **row}
+
+
+def train_command(settings: dict, data: Path) -> str:
+    """The ``m2m train`` options a run's checkpoints record (the ones that shape its weights)."""
+    flags = ["variant", "batch_size", "n_images", "lr", "lr_schedule", "lr_warmup_steps", "snr_gamma", "ema_decay",
+             "seed", "steps"]
+    words = [f"--{k.replace('_', '-')} {settings[k]}" for k in flags if settings.get(k) is not None]
+    return f"m2m train --data {data} " + " ".join(words) + ("" if settings.get("ema") else " --no-ema")
+
+
+def plot(curves: dict[str, list[dict]]) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(curves), figsize=(6 * len(curves), 3.5), squeeze=False)
+    for ax, (variant, rows) in zip(axes[0], curves.items()):
+        seen = [r["images_seen"] / 1000 for r in rows]
+        for key in (*ATTRIBUTES, "score"):
+            ax.plot(seen, [r[key] for r in rows], marker="o", label=key, linewidth=2 if key == "score" else 1)
+        ax.set(title=VARIANT_NAMES[variant], xlabel="training images seen (thousands)", ylabel="consistency",
+               ylim=(0, 1.02))
+        ax.grid(alpha=0.3)
+        ax.legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    path = RESULTS / "learning_curve.png"
+    save_atomic(fig, path)
+    plt.close(fig)
+    return path
+
+
+def section(report: dict) -> str:
+    lines = [SECTION, "", f"`python benchmarks/bench_learning_curve.py {report['settings']['argv']}` on "
+             f"{report['machine']}: every checkpoint of one run, scored on {report['settings']['sets']} held-out "
+             f"sets x {report['settings']['generate']} generated images (K = 4, DDIM {report['settings']['steps']}; "
+             "the judge of the proof of learning). Raw numbers: `results/learning_curve_<variant>.json`.", ""]
+    for variant, run in report["runs"].items():
+        lines += [f"{VARIANT_NAMES[variant]}, trained by `{run['command']}`:", "",
+                  "| step | images seen | CPU hours | palette | shape | texture | score |", "|---" * 7 + "|"]
+        lines += [f"| {r['step']} | {r['images_seen']:,} | {r['train_hours']:.2f} | "
+                  + " | ".join(f"{r[k]:.2f}" for k in (*ATTRIBUTES, "score")) + " |" for r in run["rows"]]
+        lines.append("")
+    lines += ["![consistency of each checkpoint against images seen](results/learning_curve.png)", ""]
+    return "\n".join(lines)
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--checkpoints", type=Path, nargs="+", required=True, help="<out>.ckpt folders of runs")
+    parser.add_argument("--data", type=Path, default=Path("assets/bench/learning/mis"), help="the runs' MIS")
+    parser.add_argument("--sets", type=int, default=32, help="held-out sets scored")
+    parser.add_argument("--generate", type=int, default=4, help="images generated per set")
+    parser.add_argument("--steps", type=int, default=20, help="DDIM steps")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
+    args = parser.parse_args(argv)
+    if args.sets < 2 or args.generate < 1 or args.steps < 1:
+        parser.error("--sets must be >= 2; --generate and --steps >= 1")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    from m2m.training.checkpoint import list_checkpoints, read_trainer_state
+
+    args = parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    runs = {}
+    for root in args.checkpoints:
+        found = list_checkpoints(root)
+        if not found:
+            raise SystemExit(f"{root}: no complete checkpoints")
+        variant = read_trainer_state(found[0])["settings"]["variant"]
+        cache = RESULTS / f"learning_curve_{variant}.json"
+        protocol = {k: getattr(args, k) for k in ("sets", "generate", "steps", "seed")}
+        old = json.loads(cache.read_text(encoding="utf-8")) if cache.is_file() else {}
+        same = old.get("protocol") == protocol and old.get("checkpoints") == str(root)
+        done = {r["checkpoint"]: r for r in old.get("rows", [])} if same else {}
+        rows = []
+        for folder in found:
+            if folder.name not in done:
+                start = time.perf_counter()
+                done[folder.name] = score_checkpoint(folder, args.data, args)
+                print(f"{variant} {folder.name}: score {done[folder.name]['score']:.2f} "
+                      f"(shape {done[folder.name]['shape']:.2f}) in {time.perf_counter() - start:.0f} s", flush=True)
+            rows.append(done[folder.name])
+        command = train_command(read_trainer_state(found[-1])["settings"], args.data)
+        runs[variant] = {"checkpoints": str(root), "protocol": protocol, "command": command, "rows": rows}
+        save_json({**runs[variant]}, cache.name)
+    report = {**run_header(args, argv), "runs": runs}
+    plot({v: r["rows"] for v, r in runs.items()})
+    write_section(section(report), SECTION)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,36 @@
+"""benchmarks/bench_learning_curve.py: a checkpoint is scored with the weights its run saves."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from m2m.training import loop
+from m2m.training.config import TrainConfig
+from tests.training.test_loop import mis  # noqa: F401 - the tiny MIS fixture
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+from bench_learning_curve import checkpoint_pipeline, train_command  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("one_thread", "fresh_accelerate_state")
+
+
+def test_a_checkpoint_loads_as_the_model_its_run_writes(mis, tmp_path):  # noqa: F811
+    out = tmp_path / "m2m-dino"
+    cfg = TrainConfig(
+        out=out, data=mis, variant="dino", batch_size=2, n_images=3, steps=2, checkpoint_every=2, log_every=1,
+        sample_steps=1, sample_sets=1, sample_context=1, sample_generate=1, lr=1e-2, ema=True, ema_decay=0.5,
+    )
+    loop.train(cfg)
+    pipe, settings = checkpoint_pipeline(out.with_name("m2m-dino.ckpt") / "checkpoint-000002")
+    saved = load_file(out / "unet" / "diffusion_pytorch_model.safetensors")  # the EMA weights, as the run wrote
+    mine = pipe.unet.state_dict()
+    assert saved.keys() == mine.keys()
+    assert all(torch.equal(saved[k], mine[k]) for k in saved)
+    raw = load_file(out.with_name("m2m-dino.ckpt") / "checkpoint-000002" / "model.safetensors")
+    assert any(not torch.equal(raw[k], saved[k]) for k in raw if k in saved)  # EMA differs from the raw weights
+    assert "--variant dino" in train_command(settings, mis) and "--steps" not in train_command(settings, mis)
