@@ -56,7 +56,7 @@ def describe_changes(status: dict) -> str:
 
 def start_live_run(stage: Stage, root, context: dg.AssetExecutionContext, mlflow) -> str | None:
     """For a training stage about to run, the MLflow run its command logs into while it trains."""
-    if "train" not in stage.subcommands:
+    if stage.role != "train":
         return None
     try:
         mlflow.configure(str(root))
@@ -119,11 +119,11 @@ def materialize_stage(context: dg.AssetExecutionContext, asset: str, dvc, comput
     except (KeyError, StopIteration, TypeError, ValueError, OSError) as err:
         why = f"{type(err).__name__}: {err}"
         context.log.warning(f"{stage.name}: its outputs could not be described for the UI ({why})")
-    if {"train", "evaluate"} & set(stage.subcommands):
-        log = mlflow_runs.log_training if "train" in stage.subcommands else mlflow_runs.log_evaluation
+    if stage.role in ("train", "evaluate"):
+        log = mlflow_runs.log_training if stage.role == "train" else mlflow_runs.log_evaluation
         try:
             mlflow.configure(str(root))
-            extra = {"live_run_id": live_run_id} if "train" in stage.subcommands else {}
+            extra = {"live_run_id": live_run_id} if stage.role == "train" else {}
             metadata.update(log(stage, groups, cli, mlflow, context.run.run_id, **extra))
         except Exception as err:  # the store is another system: say which and why, in one line
             first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]

@@ -221,7 +221,7 @@ def log_evaluation(stage: Stage, groups: dict[str, StageGroup], dvc: Dvc, ui, da
         run = find_run(experiment, md5)
         if run is None:
             fail_unfinished(experiment, md5)
-            models = {dep for dep in deps if any("train" in s.subcommands for s in producers(groups, dep))}
+            models = {dep for dep in deps if any(s.role == "train" for s in producers(groups, dep))}
             inputs = {p: d for p, d in data_inputs(stage, groups, dvc).items() if p == model_path or p not in models}
             tags = run_tags(stage, root, md5, dagster_run_id)
             with mlflow.start_run(experiment_id=experiment, run_name=f"{stage.asset} {name}", tags=tags) as run:

@@ -195,10 +195,10 @@ def evaluation_report(stage: Stage, root: Path) -> dict:
 
 
 REPORTS: dict[str, Callable[[Stage, Path], dict]] = {
-    "filter-captions": captions_report,
-    "generate-mis": shard_report,
-    "build-manifest": manifest_report,
-    "make-task-data": task_report,
+    "captions": captions_report,
+    "shards": shard_report,
+    "dataset": manifest_report,
+    "task-data": task_report,
     "train": training_report,
     "evaluate": evaluation_report,
 }
@@ -206,8 +206,4 @@ REPORTS: dict[str, Callable[[Stage, Path], dict]] = {
 
 def describe(stage: Stage, root: Path) -> dict:
     """The UI metadata of ``stage`` from its output files."""
-    meta = {}
-    for subcommand in dict.fromkeys(stage.subcommands):
-        if subcommand in REPORTS:
-            meta.update(REPORTS[subcommand](stage, root))
-    return meta
+    return REPORTS[stage.role](stage, root) if stage.role in REPORTS else {}

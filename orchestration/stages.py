@@ -29,6 +29,10 @@ _EXPRESSION = re.compile(r"(?<!\\)\$\{(?P<inner>.*?)\}")
 _SCALARS = (str, int, float, bool)
 
 
+# What a stage's outputs are: it decides their asset checks, UI reports and MLflow logging.
+ROLES = ("captions", "shards", "dataset", "task-data", "train", "evaluate")
+
+
 class PipelineError(ValueError):
     """dvc.yaml or params.yaml cannot be read as a pipeline; the message names the file and field."""
 
@@ -48,9 +52,10 @@ class Stage:
     meta: dict = field(default_factory=dict)
 
     @property
-    def subcommands(self) -> tuple[str, ...]:
-        """The ``m2m`` sub-command of each command (``train``, ``evaluate`` ...)."""
-        return tuple(cmd.split()[1] for cmd in self.cmds if cmd.split()[:1] == ["m2m"] and len(cmd.split()) > 1)
+    def role(self) -> str | None:
+        """What the stage's outputs are (dvc.yaml ``meta.dagster.role``, one of ``ROLES``); None: a stage
+        the orchestration only runs (no checks, reports or MLflow logging)."""
+        return self.meta.get("role")
 
 
 @dataclass(frozen=True)
@@ -198,6 +203,8 @@ def _stage(name: str, asset: str, item: str | None, body: dict, params: dict, st
         check_command(cmd, f"{where}.cmd" + (f"[{i}]" if len(cmds) > 1 else ""))
     outs = _paths(body.get("outs"), f"{where}.outs") + _paths(body.get("metrics"), f"{where}.metrics")
     meta = (body.get("meta") or {}).get("dagster") or {}
+    if meta.get("role") not in (None, *ROLES):
+        raise PipelineError(f"{where}.meta.dagster.role: expected one of {', '.join(ROLES)}, got {meta.get('role')!r}")
     return Stage(
         name=name,
         asset=asset,

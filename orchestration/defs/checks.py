@@ -149,17 +149,12 @@ def metrics_check(asset: str) -> dg.AssetChecksDefinition:
     return _check
 
 
-CHECKS = {"build-manifest": shard_check, "train": loss_check, "evaluate": metrics_check}
+CHECKS = {"dataset": shard_check, "train": loss_check, "evaluate": metrics_check}  # by stage role
 
 
 def build_checks(groups: dict[str, StageGroup]) -> list[dg.AssetChecksDefinition]:
-    """The checks that apply to each stage asset, by the ``m2m`` command that writes it."""
-    checks = []
-    for name, group in groups.items():
-        for subcommand in dict.fromkeys(group.first.subcommands):
-            if subcommand in CHECKS:
-                checks.append(CHECKS[subcommand](name))
-    return checks
+    """The checks that apply to each stage asset, by its role."""
+    return [CHECKS[group.first.role](name) for name, group in groups.items() if group.first.role in CHECKS]
 
 
 @dg.definitions

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from orchestration.stages import PipelineError, interpolate, load_pipeline, upstream_assets
+from orchestration.stages import ROLES, PipelineError, interpolate, load_pipeline, upstream_assets
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -46,13 +46,15 @@ def test_every_stage_runs_an_m2m_command_with_params_filled_in():
     groups = load_pipeline(REPO)
     for group in groups.values():
         for stage in group.stages:
-            assert stage.subcommands and all("${" not in cmd for cmd in stage.cmds), stage.name
+            assert stage.cmds[0].startswith("m2m ") and all("${" not in cmd for cmd in stage.cmds), stage.name
             assert stage.desc, stage.name
     shard = groups["mis_shards"].stage("000001")
     assert shard.name == "mis_shards@000001"
     assert "--shard 000001" in shard.cmds[0]
     assert shard.outs == ("assets/mis/shards/mis-000001.tar", "assets/mis/shards/mis-000001.json")
-    assert groups["evaluation"].first.subcommands == ("evaluate", "evaluate")
+    roles = {name: group.first.role for name, group in groups.items()}
+    assert roles["evaluation"] == "evaluate" and roles["m2m_nvs_finetuned"] == "train"
+    assert roles["mis_shards"] == "shards" and set(roles.values()) == set(ROLES)
 
 
 def test_interpolation_keeps_types_of_whole_values_and_formats_embedded_ones():
@@ -98,6 +100,17 @@ def test_broken_params_are_one_clear_error(tmp_path, params, message):
     write_project(tmp_path, params)
     with pytest.raises(PipelineError, match=message):
         load_pipeline(tmp_path)
+
+
+def test_a_stage_role_must_be_known(tmp_path):
+    stage = "stages:\n  s:\n    cmd: m2m x\n    meta:\n      dagster: {role: %s}\n"
+    write_project(tmp_path, "n: 1\n", stage % "train")
+    assert load_pipeline(tmp_path)["s"].first.role == "train"
+    write_project(tmp_path, "n: 1\n", stage % "trian")
+    with pytest.raises(PipelineError, match=r"stages.s.meta.dagster.role: expected one of captions, .* got 'trian'"):
+        load_pipeline(tmp_path)
+    write_project(tmp_path, "n: 1\n", "stages:\n  s:\n    cmd: m2m x\n")
+    assert load_pipeline(tmp_path)["s"].first.role is None  # a stage that is only run
 
 
 def test_code_version_follows_the_stage_parameters(tmp_path):
