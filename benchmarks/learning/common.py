@@ -59,15 +59,12 @@ def export_fp16(folder: Path, out: Path, card: str) -> int:
     """Save the pipeline in ``folder`` as half-precision safetensors in ``out`` (replaced as a whole) with
     ``card`` as its README.md; returns the bytes written. On CPU, load it with ``dtype=torch.float32``
     (``m2m sample`` and ``m2m evaluate`` do)."""
-    import os
-
     import torch
 
+    from m2m.files import atomic_folder
+
     pipe = load(folder).to(torch.float16)
-    tmp = out.with_name(f".tmp-{out.name}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    pipe.save_pretrained(tmp, safe_serialization=True)
-    (tmp / "README.md").write_text(card, encoding="utf-8")
-    shutil.rmtree(out, ignore_errors=True)
-    os.replace(tmp, out)
+    with atomic_folder(out) as tmp:
+        pipe.save_pretrained(tmp, safe_serialization=True)
+        (tmp / "README.md").write_text(card, encoding="utf-8")
     return sum(p.stat().st_size for p in out.rglob("*") if p.is_file())

@@ -9,6 +9,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from learning.common import PRECEDING
+from m2m.files import atomic_file
 
 RESULTS = Path(__file__).resolve().parent.parent / "results"
 RESULTS_MD = RESULTS.parent / "RESULTS.md"
@@ -36,16 +37,11 @@ def labelled_grid(columns: dict[str, torch.Tensor], image_size: int) -> Image.Im
 
 
 def save_atomic(image_or_figure, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{path.name}")
-    try:
+    with atomic_file(path) as tmp:
         if isinstance(image_or_figure, Image.Image):
             image_or_figure.save(tmp, format="PNG")
         else:
             image_or_figure.savefig(tmp, format="png", dpi=100)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def plot_curves(studies: list[dict]) -> Path:
@@ -98,10 +94,9 @@ def save_json(report: dict, name: str) -> Path:
     """Write ``results/<name>`` atomically."""
     import json
 
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path, tmp = RESULTS / name, RESULTS / f".tmp-{name}"
-    tmp.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    path = RESULTS / name
+    with atomic_file(path) as tmp:
+        tmp.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     return path
 
 
@@ -190,6 +185,5 @@ def write_section(text: str, heading: str = SECTION) -> None:
     else:
         end = old.find("\n## ", start + len(heading))
         new = old[:start] + text + (old[end + 1 :] if end >= 0 else "")
-    tmp = RESULTS_MD.with_name(f".tmp-{RESULTS_MD.name}")
-    tmp.write_text(new.rstrip("\n") + "\n", encoding="utf-8")
-    os.replace(tmp, RESULTS_MD)
+    with atomic_file(RESULTS_MD) as tmp:
+        tmp.write_text(new.rstrip("\n") + "\n", encoding="utf-8")

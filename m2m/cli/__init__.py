@@ -7,10 +7,10 @@ modules import their heavy dependencies inside ``run`` so ``m2m --help`` stays i
 from __future__ import annotations
 
 import argparse
-
-from m2m.cli.flags import HelpFormatter
 import importlib
 import sys
+
+from m2m.cli.flags import HelpFormatter
 
 # (sub-command, module) in the order a newcomer meets them.
 COMMANDS = [

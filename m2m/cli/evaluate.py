@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from m2m.cli.flags import HelpFormatter
-from pathlib import Path
 
 HELP = "Table 1 metrics per n-th generated image (FID, IS, CLIP scores, consistency)"
 

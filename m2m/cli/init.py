@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
-
-from m2m.cli.flags import HelpFormatter
 from pathlib import Path
 
+from m2m.cli.flags import HelpFormatter
 from m2m.models import presets
 from m2m.models.context import context_encoder_names
 

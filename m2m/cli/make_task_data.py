@@ -4,11 +4,10 @@ VGSI-style (procedures) layout (paper section 7.1.2; layouts in docs/data_proced
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from m2m.cli.flags import HelpFormatter
-import os
-import shutil
-from pathlib import Path
+from m2m.files import atomic_folder
 
 HELP = "write tiny novel-view (Objaverse-style) or procedure (VGSI-style) fine-tuning data"
 
@@ -41,23 +40,10 @@ def run(args: argparse.Namespace) -> int:
     out = args.out
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(f"{out}: exists and is not a folder")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp, old = out.with_name(f".{out.name}.tmp-{os.getpid()}"), out.with_name(f".{out.name}.old-{os.getpid()}")
-    try:
+    with atomic_folder(out) as tmp:
         if args.kind == "nvs":
             ids = write_nvs_fixture(tmp, args.count, args.image_size, args.seed)
         else:
             ids = write_procedure_fixture(tmp, args.count, args.steps, args.image_size, args.seed)
-        if out.exists():
-            os.replace(out, old)
-        try:
-            os.replace(tmp, out)
-        except OSError:
-            if old.exists():
-                os.replace(old, out)
-            raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.rmtree(old, ignore_errors=True)
     print(f"wrote {len(ids)} {args.kind} items ({args.image_size}x{args.image_size}) to {out}")
     return 0

@@ -8,7 +8,14 @@ from pathlib import Path
 from m2m.cli.flags import AUTO, BooleanFlag, HelpFormatter, positive_int_or_auto
 from m2m.models import presets
 from m2m.models.context import context_encoder_names
-from m2m.training.config import LR_SCHEDULES, MIXED_PRECISION, PRESET_DEFAULTS, TASK_CONDITIONS, TASK_SAMPLES, TrainConfig
+from m2m.training.config import (
+    LR_SCHEDULES,
+    MIXED_PRECISION,
+    PRESET_DEFAULTS,
+    TASK_CONDITIONS,
+    TASK_SAMPLES,
+    TrainConfig,
+)
 
 
 def _flag(name: str, value) -> str:

@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 from m2m.data import write_json
+from m2m.files import atomic_file
 
 REASONS = ("malformed", "undecodable", "empty", "duplicate", "id_collision", "too_long")
 MAX_EXAMPLES = 10
@@ -160,10 +160,8 @@ def filter_captions(
     output, report = Path(output), Path(report)
     schema = pa.schema([("id", pa.string()), ("caption", pa.string()), ("n_tokens", pa.int32())])
     captions = CaptionFilter(max_tokens=max_tokens, batch_size=batch_size)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_name(f".{output.name}.tmp")
     start = time.perf_counter()
-    try:
+    with atomic_file(output) as tmp:
         with pq.ParquetWriter(tmp, schema) as writer, tqdm(total=limit, unit="rows", unit_scale=True) as bar:
             pending: list[tuple[str, str, int]] = []
             for kept in captions.filter(inputs, limit):
@@ -174,9 +172,6 @@ def filter_captions(
                     pending = []
             bar.update(captions.total_rows - bar.n)
             writer.write_table(pa.Table.from_pylist(_records(pending), schema=schema))
-        os.replace(tmp, output)
-    finally:
-        tmp.unlink(missing_ok=True)
     seconds = time.perf_counter() - start
     result = {
         "inputs": [str(p) for p in inputs],

@@ -22,6 +22,7 @@ from typing import Protocol
 from PIL import Image
 
 from m2m.data import write_json
+from m2m.files import atomic_file
 
 SHARD_PREFIX = "mis-"
 SPLITS = ("train", "test")
@@ -158,9 +159,7 @@ def write_shard(
         settings["precompute"] = precompute.settings()
     if shard_is_complete(tar, keys, generator.name, settings):
         return read_sidecar(tar), False
-    tmp = tar.with_name(tar.name + ".tmp")
-    tmp.unlink(missing_ok=True)  # a leftover from a killed run
-    try:
+    with atomic_file(tar) as tmp:
         with open(tmp, "wb") as stream, wds.TarWriter(stream, mtime=0, user="m2m", group="m2m") as sink:
             progress = Progress(tar.name, len(rows), images_per_caption)
             for start in range(0, len(rows), max(1, captions_per_call)):
@@ -175,9 +174,6 @@ def write_shard(
                 progress.update(len(chunk))
             stream.flush()
             os.fsync(stream.fileno())
-        os.replace(tmp, tar)
-    finally:
-        tmp.unlink(missing_ok=True)
     sidecar = {
         "shard": shard,
         "count": len(rows),

@@ -7,13 +7,14 @@ where the N images are an ordered window of the item's images.
 
 from __future__ import annotations
 
-import os
 import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
+
+from m2m.files import atomic_file
 
 SAMPLES = ("subset", "window", "first")
 
@@ -34,15 +35,11 @@ def load_image(path: Path, image_size: int | None = None) -> torch.Tensor:
 
 
 def save_png(image: Image.Image | np.ndarray, path: Path) -> None:
-    """Write a PNG atomically (temporary name in the same folder, then ``os.replace``)."""
+    """Write a PNG whole or not at all."""
     if isinstance(image, np.ndarray):
         image = Image.fromarray(image)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
+    with atomic_file(path) as tmp:
         image.save(tmp, format="PNG")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def item_folders(root: str | Path) -> list[Path]:

@@ -17,6 +17,7 @@ from pathlib import Path
 import ftfy
 from tokenizers import Regex, Tokenizer, models, pre_tokenizers
 
+from m2m.files import atomic_file
 from m2m.resources import resource_path
 
 VOCAB_FILE = "bpe_simple_vocab_16e6.txt.gz"
@@ -138,7 +139,6 @@ def write_tokenizer_folder(folder: str | Path) -> Path:
         ),
     }
     for name, text in files.items():
-        tmp = folder / f".{name}.tmp"
-        tmp.write_text(text, encoding="utf-8")
-        tmp.replace(folder / name)
+        with atomic_file(folder / name) as tmp:
+            tmp.write_text(text, encoding="utf-8")
     return folder

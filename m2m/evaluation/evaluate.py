@@ -10,7 +10,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import time
 from pathlib import Path
 from typing import Callable
@@ -23,6 +22,7 @@ from tqdm.auto import tqdm
 from m2m.evaluation import metrics
 from m2m.evaluation.features import FeatureNetworks
 from m2m.evaluation.image_sets import EvalSet
+from m2m.files import atomic_file
 
 # (key, column title) in Table 1's order; the arrow says which way is better.
 METRICS = [
@@ -137,12 +137,8 @@ def summarise(rows: list[dict]) -> dict:
 
 def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
     """Write ``path`` through a temporary file in the same folder, then rename it into place."""
-    tmp = path.with_name(f".tmp-{path.name}")
-    try:
+    with atomic_file(path) as tmp:
         write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def grid_image(preceding: torch.Tensor, generated: torch.Tensor, rows: int = GRID_ROWS) -> Image.Image:

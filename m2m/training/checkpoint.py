@@ -12,7 +12,6 @@ writes the EMA weights (``ema.safetensors`` + ``ema.json``), each process's nois
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 from pathlib import Path
@@ -21,6 +20,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from m2m.data import write_json
+from m2m.files import replace_dir
 from m2m.weights import verify_safetensors
 
 PATTERN = re.compile(r"checkpoint-(\d+)")
@@ -43,16 +43,6 @@ def list_checkpoints(root: str | Path) -> list[Path]:
 def latest_checkpoint(root: str | Path) -> Path | None:
     found = list_checkpoints(root)
     return found[-1] if found else None
-
-
-def replace_dir(src: Path, dst: Path) -> None:
-    """Move the complete folder ``src`` to ``dst``; an older ``dst`` is removed only after the move."""
-    old = dst.with_name(f".{dst.name}.old")
-    if dst.exists():
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(dst, old)
-    os.replace(src, dst)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def _save_ema(ema, names: list[str], folder: Path) -> None:

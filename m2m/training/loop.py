@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 from accelerate.logging import get_logger
 
+from m2m.files import atomic_folder
 from m2m.training import checkpoint
 from m2m.training.config import TrainConfig
 from m2m.training.data import check_mis, data_digest, heldout_sets, stored_encodings, training_data
@@ -103,10 +104,7 @@ def write_model_folder(
     """The pipeline folder (+ ``train_metrics.json``, ``loss.csv``, ``samples.png``), moved into place whole."""
     from m2m.data import write_json
 
-    out = Path(out)
-    tmp = out.with_name(f".{out.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
+    with atomic_folder(out) as tmp:
         pipe.save_pretrained(tmp, safe_serialization=True)
         if metrics is not None:
             write_json(tmp / "train_metrics.json", metrics)
@@ -115,9 +113,6 @@ def write_model_folder(
             (tmp / "loss.csv").write_text("step,loss\n" + rows, encoding="utf-8")
         if grid is not None:
             grid.save(tmp / "samples.png")
-        checkpoint.replace_dir(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 # -- the loop ------------------------------------------------------------------------------------

@@ -115,7 +115,7 @@ def test_killed_mid_shard_then_rerun_gives_exactly_the_shard(tmp_path, captions_
     script = KILL_SCRIPT.format(tests=str(Path(__file__).parent), captions=str(captions_parquet), out=str(tmp_path))
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True)
     assert proc.returncode == -9
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["mis-000000.tar.tmp"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".mis-000000.tar.tmp"]
     sidecar, written = write_shard(
         captions_parquet, tmp_path, 0, colour_generator, samples_per_shard=10, images_per_caption=4
     )
@@ -153,7 +153,7 @@ def test_manifest_counts_hashes_and_split(tmp_path, captions_parquet, colour_gen
     shards = tmp_path / "shards"
     for k in range(3):
         write_shard(captions_parquet, shards, k, colour_generator, samples_per_shard=40, images_per_caption=1)
-    (shards / "mis-000003.tar.tmp").write_bytes(b"leftover of a killed run")
+    (shards / ".mis-000003.tar.tmp").write_bytes(b"leftover of a killed run")
     manifest = build_manifest(shards, tmp_path / "manifest.json", test_percent=25)
     assert [s["name"] for s in manifest["shards"]] == ["mis-000000.tar", "mis-000001.tar", "mis-000002.tar"]
     assert [s["sha256"] for s in manifest["shards"]] == [sha256_file(shards / s["name"]) for s in manifest["shards"]]

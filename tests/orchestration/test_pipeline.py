@@ -5,7 +5,6 @@ the data comes back from the DVC remote in a fresh clone."""
 from __future__ import annotations
 
 import hashlib
-import shutil
 import subprocess
 
 import dagster as dg
