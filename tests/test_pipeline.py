@@ -79,11 +79,13 @@ def test_zeroed_condition_is_the_unconditional_branch():
 def test_default_guidance_scale_is_saved_with_the_model(tmp_path, images):
     pipe = build_pipeline("tiny", "dino")
     assert pipe.config.guidance_scale == 1.0  # the tiny preset's own s (docs/model.md)
+    randomize_image_set_attention(pipe.unet, std=0.1)  # so that s changes the images
     pipe.register_to_config(guidance_scale=3.0)
     pipe.save_pretrained(tmp_path)
     loaded = M2MPipeline.from_pretrained(tmp_path)
     assert loaded.config.guidance_scale == 3.0
     assert torch.equal(sample(loaded, images), sample(loaded, images, guidance_scale=3.0))
+    assert not torch.allclose(sample(loaded, images), sample(loaded, images, guidance_scale=1.0), atol=1e-3)
 
 
 def test_float16_weights_load_in_float32_on_cpu(tmp_path, images):
@@ -109,11 +111,62 @@ def test_no_input_images(pipe):
     assert len(out) == 2 and all(len(row) == 2 and row[0].size == (32, 32) for row in out)
 
 
-def test_task_conditions_use_eq7(images):
+def give_weight(unet, std: float = 0.1) -> None:
+    """Randomise every zero-initialised parameter (Image-Set Attention's output, the task-condition
+    projections), so that context and conditions change the prediction."""
+    gen = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for param in unet.parameters():
+            if not param.any():
+                param.copy_(torch.randn(param.shape, generator=gen) * std)
+
+
+def test_task_conditions_follow_eq7_branch_by_branch(images, monkeypatch):
+    """Eq. 7: ε_u = ε(z_t, ∅, ∅), ε_c = ε(z_t, c_I, ∅), ε_b = ε(z_t, c_I, c_C), combined as
+    ε_u + s_I (ε_c − ε_u) + s_C (ε_b − ε_c); each branch is checked for what it sees."""
     pipe = add_condition(build_pipeline("tiny", "dino"), "procedure")
+    give_weight(pipe.unet)
+    steps = torch.arange(3).expand(2, 3)
+    contexts, queries, outputs, combined = [], [], [], []
+    encode, forward, step = pipe.unet.encode_context, pipe.unet.forward, pipe.scheduler.step
+
+    def spy_encode(context, cond_context=None, keep=None):
+        contexts.append((context.clone(), cond_context.clone()))
+        return encode(context, cond_context, keep)
+
+    def spy_forward(*args, **kwargs):
+        queries.append(kwargs["cond_query"].clone())
+        outputs.append(forward(*args, **kwargs))
+        return outputs[-1]
+
+    def spy_step(model_output, *args, **kwargs):
+        combined.append(model_output.clone())
+        return step(model_output, *args, **kwargs)
+
+    monkeypatch.setattr(pipe.unet, "encode_context", spy_encode)
+    monkeypatch.setattr(pipe.unet, "forward", spy_forward)
+    monkeypatch.setattr(pipe.scheduler, "step", spy_step)
+    sample(pipe, images[:, :2], conditions=steps, image_guidance_scale=2.0, condition_guidance_scale=1.5,
+           num_images=1, num_inference_steps=1)
+    [(context, cond_context)], [cond_query], [out], [eps] = contexts, queries, outputs, combined
+    none, image, both = context.chunk(3)
+    assert not none.any() and image.any() and torch.equal(image, both)  # c_I in the 2nd and 3rd branch only
+    none, image, both = cond_context.chunk(3)
+    assert not none.any() and not image.any() and both.any()  # c_C in the 3rd branch only ...
+    none, image, both = cond_query.chunk(3)
+    assert not none.any() and not image.any() and both.any()  # ... for the generated image too
+    u, c, b = out.chunk(3)
+    assert not torch.allclose(u, c) and not torch.allclose(c, b)  # each condition matters here
+    torch.testing.assert_close(eps, cfg_eq7(u, c, b, 2.0, 1.5).flatten(0, 1))
+
+
+def test_task_conditions_sample_the_same_with_and_without_the_cache(images):
+    pipe = add_condition(build_pipeline("tiny", "dino"), "procedure")
+    give_weight(pipe.unet)
     steps = torch.arange(5).expand(2, 5)
     out = sample(pipe, images, conditions=steps, image_guidance_scale=2.0, condition_guidance_scale=1.5, num_images=2)
-    cached_off = sample(pipe, images, conditions=steps, image_guidance_scale=2.0, condition_guidance_scale=1.5, num_images=2, use_cache=False)
+    cached_off = sample(pipe, images, conditions=steps, image_guidance_scale=2.0, condition_guidance_scale=1.5,
+                        num_images=2, use_cache=False)
     assert torch.allclose(out, cached_off, atol=1e-5)
     with pytest.raises(ValueError, match="conditions must cover all 5 positions"):
         sample(pipe, images, conditions=steps[:, :4], num_images=2)

@@ -80,6 +80,42 @@ def test_dropped_task_condition_has_no_effect(condition):
     assert not torch.isclose(loss(a, 0.0), loss(b, 0.0))
 
 
+@pytest.mark.parametrize("condition", ["camera", "procedure"])
+def test_a_zeroed_context_drops_its_task_condition_too(condition):
+    """Eq. 5's dropout zeroes a set's whole clean condition: context and task condition together (the
+    unconditional branch of eq. 7 sees neither)."""
+    pipe = build_pipeline("tiny", "dino", condition=condition, seed=0)
+    give_weight(pipe.unet)
+    images = image_sets()
+    if condition == "camera":
+        a, b = torch.randn(2, 3, 12, generator=seeded(2)), torch.randn(2, 3, 12, generator=seeded(3))
+    else:
+        a, b = torch.tensor([[1, 2, 3], [4, 5, 6]]), torch.tensor([[7, 8, 9], [2, 3, 4]])
+
+    def loss(conditions, p_uncond):
+        with torch.no_grad():
+            return m2m_loss(
+                pipe, pipe.scheduler, images, conditions, p_uncond=p_uncond, p_drop_condition=0.0, generator=seeded()
+            )
+
+    assert torch.equal(loss(a, 1.0), loss(b, 1.0))
+    assert not torch.isclose(loss(a, 0.0), loss(b, 0.0))
+
+
+def test_the_target_is_the_schedulers_parameterisation():
+    """The tiny preset predicts v (its scheduler says so): the loss of a model that outputs 0 is E v², not E ε²."""
+    pipe = build_pipeline("tiny", "self", seed=0)
+    assert pipe.scheduler.config.prediction_type == "v_prediction"
+    images = image_sets()
+    loss = m2m_loss(pipe, pipe.scheduler, images, generator=seeded(), unet=lambda zt, t, **_: torch.zeros_like(zt))
+    draws = seeded()  # the draws m2m_loss makes, in its order: ε, then t
+    noise = torch.randn(images.shape, generator=draws)
+    t = torch.randint(0, pipe.scheduler.config.num_train_timesteps, (images.shape[0],), generator=draws)
+    v = pipe.scheduler.get_velocity(images, noise, t)
+    torch.testing.assert_close(loss, (v**2).mean())
+    assert not torch.isclose(loss, (noise**2).mean())
+
+
 def test_loss_decreases_when_overfitting_one_batch():
     pipe = build_pipeline("tiny", "self", seed=0)
     unet = pipe.unet.train()
