@@ -1,5 +1,5 @@
 """Do the tests fail when the paper breaks? Each mutation below breaks one equation or rule of the core
-modules (m2m/models, m2m/pipeline.py, m2m/training/objective.py) the way a plausible bug would; the tests
+modules (m2m/models, m2m/pipeline.py, m2m/training/objective.py and the loop that feeds it) the way a plausible bug would; the tests
 that guard it run against the mutated source and must fail. Prints one line per mutation and the kill rate.
 
     .venv/bin/python scripts/mutations.py            # all (a few minutes on two cores)
@@ -77,6 +77,16 @@ MUTATIONS = (
         "v-target", "m2m/training/objective.py", "target = noise_scheduler.get_velocity(z0, noise, t)",
         "target = noise", ("tests/training/test_objective.py::test_the_target_is_the_schedulers_parameterisation",),
         "a v-prediction model trained on the ε target",
+    ),
+    Mutation(
+        "loop-ignores-p-uncond", "m2m/training/loop.py", "p_uncond=cfg.p_uncond,", "p_uncond=0.1,",
+        ("tests/training/test_loop.py::test_the_loop_trains_with_its_dropout_settings",),
+        "the training loop does not pass --p-uncond to eq. 5",
+    ),
+    Mutation(
+        "loop-ignores-p-drop-condition", "m2m/training/loop.py", "p_drop_condition=cfg.p_drop_condition,",
+        "p_drop_condition=0.1,", ("tests/training/test_loop.py::test_the_loop_trains_with_its_dropout_settings",),
+        "the training loop does not pass --p-drop-condition to eq. 5",
     ),
     Mutation(
         "causal-mask-off", "m2m/models/unet.py", "s.visible = visible if visible is not None else list(range(n_query))",

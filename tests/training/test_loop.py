@@ -138,6 +138,23 @@ def test_logs_settings_and_the_loss_into_the_mlflow_run_it_is_given(mis, tmp_pat
     assert {e.name for e in client.search_experiments()} == {"Default", "m2m-training"}  # no stray experiment
 
 
+def test_the_loop_trains_with_its_dropout_settings(mis, procedure_data, tmp_path):
+    """--p-uncond and --p-drop-condition reach eq. 5: the weights after one step depend on them."""
+    from m2m.models.build import build_pipeline
+
+    def trained(name, **settings):
+        loop.train(config(tmp_path / name, data=mis, steps=1, ema=False, **settings))
+        return weights(tmp_path / name)
+
+    kept, dropped = trained("kept", p_uncond=0.0), trained("dropped", p_uncond=1.0)
+    assert any(not torch.equal(kept[k], dropped[k]) for k in kept)
+    init = tmp_path / "pretrained"
+    build_pipeline("tiny", "dino", seed=0).save_pretrained(init)
+    task = dict(init=init, variant="dino", task="procedure", task_data=procedure_data, p_uncond=0.0)
+    with_condition, without = trained("cond", p_drop_condition=0.0, **task), trained("nocond", p_drop_condition=1.0, **task)
+    assert any(not torch.equal(with_condition[k], without[k]) for k in with_condition)
+
+
 def test_task_fine_tuning_resumes_exactly(procedure_data, tmp_path):
     from m2m.models.build import build_pipeline
 
