@@ -175,6 +175,8 @@ class M2MPipeline(DiffusionPipeline):
 
         ctx_on = [c for c, _ in branches]
         cond_on = [c for _, c in branches]
+        # the unconditional branch leads the batch: its cached context is W copies of one zeroed image
+        null_rows = batch if use_cache and branches[0] == (False, False) else 0
 
         def branch_cond(positions: slice) -> torch.Tensor | None:
             return None if cond_emb is None else per_branch(cond_emb[:, positions], cond_on)
@@ -216,7 +218,7 @@ class M2MPipeline(DiffusionPipeline):
                     inp = self.scheduler.scale_model_input(latents.repeat(len(branches), 1, 1, 1, 1), t)
                     eps = unet(
                         inp, t, context=context, visible=[n_visible], cond_query=query_cond,
-                        cond_context=context_cond, window=window,
+                        cond_context=context_cond, window=window, null_context_rows=null_rows,
                     ).chunk(len(branches))
                     if conditions is not None:
                         eps = cfg_eq7(*eps, s_img, s_cond)

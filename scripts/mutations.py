@@ -99,6 +99,12 @@ MUTATIONS = (
         ("tests/models/test_attention.py",), "eq. 4's mask hides the last preceding image",
     ),
     Mutation(
+        "log-w-bias-dropped", "m2m/models/attention.py", "bias = torch.full((n_keys,), math.log(copies),",
+        "bias = torch.full((n_keys,), 0.0,",
+        ("tests/test_pipeline.py::test_cached_sampler_equals_uncached",),
+        "the unconditional branch attends to one copy of its context without + log W",
+    ),
+    Mutation(
         "window-ignored", "m2m/models/attention.py",
         "n = n_cached if self.state.window is None else min(self.state.window, n_cached)", "n = n_cached",
         ("tests/models/test_unet.py::test_cache_equals_joint_pass",), "the cache ignores the window W",

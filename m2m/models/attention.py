@@ -12,6 +12,7 @@ that see the same prefix keeps the flash kernel (a dense boolean mask costs ~9x 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -59,6 +60,30 @@ def image_set_attention(
     return out
 
 
+def repeated_context_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, copies: int, heads: int) -> torch.Tensor:
+    """Eq. 4 over the null token and ``copies`` identical context images, computed from one copy.
+
+    The unconditional branch of eq. 6 attends to W copies of the same zeroed context. Attention over W
+    identical key/value blocks equals attention over one block whose scores carry ``+ log W`` (the null
+    key unbiased): the softmax numerator and denominator of each block key both gain the factor W. Exact
+    up to float rounding, and it leaves 1/W of the keys.
+
+    Args:
+        q: ``(B, Nq, Lq, D)`` projected queries.
+        k, v: ``(B, 1 + Lk, D)``: the null token, then one context image's tokens.
+        copies: how many identical context images the queries see (W).
+    """
+    batch, n_query, q_len, dim = q.shape
+    d_head, n_keys = dim // heads, k.shape[1]
+    bias = torch.full((n_keys,), math.log(copies), dtype=q.dtype, device=q.device)
+    bias[0] = 0.0
+    kk = k.reshape(batch, n_keys, heads, d_head).transpose(1, 2)
+    vv = v.reshape(batch, n_keys, heads, d_head).transpose(1, 2)
+    qq = q.reshape(batch, -1, heads, d_head).transpose(1, 2)
+    o = F.scaled_dot_product_attention(qq, kk, vv, attn_mask=bias.view(1, 1, 1, n_keys))
+    return o.transpose(1, 2).reshape(batch, n_query, q_len, dim)
+
+
 @dataclass
 class SetState:
     """What one UNet call carries to every Image-Set Attention layer (set by ``M2MUNet``).
@@ -76,6 +101,7 @@ class SetState:
     visible: list[int] = field(default_factory=list)
     window: int | None = None
     keep: int | None = None  # "encode": how many newest images the cache keeps (W); None: all
+    null_rows: int = 0  # "cached": the first rows of the batch have a zeroed context (eq. 6's unconditional branch)
     context: torch.Tensor | None = None
     cond_query: torch.Tensor | None = None
     cond_context: torch.Tensor | None = None
@@ -183,7 +209,14 @@ class ImageSetAttnProcessor(nn.Module):
         if target is not None:
             noisy = noisy + target
         q = attn.to_q(noisy).unflatten(0, (batch, -1))  # (B, Nq, L, D)
-        out = image_set_attention(q, k, v, s.visible, attn.heads, tokens).flatten(0, 1)
+        rows, copies = s.null_rows if s.mode == "cached" else 0, s.visible[0] if s.visible else 0
+        if rows and copies > 1 and all(n == copies for n in s.visible):
+            # the zeroed context's W cached images are identical: attend to one of them, + log W
+            null = repeated_context_attention(q[:rows], k[:rows, : 1 + tokens], v[:rows, : 1 + tokens], copies, attn.heads)
+            rest = image_set_attention(q[rows:], k[rows:], v[rows:], s.visible, attn.heads, tokens)
+            out = torch.cat([null, rest], 0).flatten(0, 1)
+        else:
+            out = image_set_attention(q, k, v, s.visible, attn.heads, tokens).flatten(0, 1)
         out = attn.to_out[1](attn.to_out[0](out))
         if target is not None:  # z = z + E(c_C) stays in the noisy images' hidden states (the residual)
             out = out + target

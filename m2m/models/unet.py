@@ -177,6 +177,7 @@ class M2MUNet(ModelMixin, ConfigMixin):
         cond_query: torch.Tensor | None = None,
         cond_context: torch.Tensor | None = None,
         window: int | None = None,
+        null_context_rows: int = 0,
     ) -> torch.Tensor:
         """Predict the noise of ``noisy`` ``(B, Nq, C, h, w)`` at ``timestep``.
 
@@ -188,12 +189,15 @@ class M2MUNet(ModelMixin, ConfigMixin):
                 the last ``window`` cached images.
             cond_query, cond_context: task-condition embeddings ``E(c_C)`` ``(B, N, condition_dim)`` of
                 the noisy and the clean images; zeros (or None) mean "no condition".
+            null_context_rows: with the cache, the first rows of the batch whose every cached image is the
+                zeroed context of eq. 6's unconditional branch: they attend to one copy (``+ log W``).
         """
         batch, n_query = noisy.shape[:2]
         t = torch.as_tensor(timestep, device=noisy.device)
         t = (t.expand(batch) if t.ndim == 0 else t).repeat_interleave(n_query)
         s = self.state
         s.batch, s.cond_query, s.cond_context, s.window, s.context = batch, cond_query, cond_context, window, None
+        s.null_rows = null_context_rows
         sample = noisy.flatten(0, 1)
         n_clean = 0
         if context is None:
