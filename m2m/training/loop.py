@@ -223,14 +223,40 @@ def train_metrics(
     }
 
 
-def train(config: TrainConfig) -> dict | None:
-    """Train as ``config`` says; write the model folder; return its ``train_metrics`` (main process)."""
+@dataclass
+class Run:
+    """Everything one training run holds between its steps."""
+
+    cfg: TrainConfig
+    accelerator: object
+    pipe: object
+    prepared: object  # the UNet as Accelerate wraps it (DDP on several GPUs)
+    optimizer: object
+    lr_scheduler: object
+    noise_scheduler: object
+    ema: object | None
+    param_names: list[str]
+    data: object
+    epoch_steps: int
+    heldout: tuple | None
+    stored: tuple[str, ...]
+    total: int
+    noise: torch.Generator
+    settings: dict
+    progress: Progress
+
+    @property
+    def images_per_step(self) -> int:
+        return self.cfg.batch_size * self.cfg.n_images
+
+
+def start_run(config: TrainConfig) -> Run:
+    """Check the settings and data, build the model, optimizer and data stream, resume if asked."""
     from accelerate import Accelerator
     from accelerate.utils import set_seed
     from diffusers import DDPMScheduler
     from diffusers.optimization import get_scheduler
     from diffusers.training_utils import EMAModel
-    from tqdm.auto import tqdm
 
     precision = config.resolved().mixed_precision  # bad settings fail before anything starts
     check_model_folder(config.out)
@@ -254,7 +280,6 @@ def train(config: TrainConfig) -> dict | None:
     heldout = heldout_sets(cfg, pipe.image_size) if accelerator.is_main_process else None
     total = cfg.steps or epoch_steps
 
-    noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)  # the model's own noise schedule
     optimizer = torch.optim.AdamW(
         unet.parameters(), lr=cfg.lr, betas=cfg.adam_betas, weight_decay=cfg.weight_decay, eps=cfg.adam_epsilon
     )
@@ -277,91 +302,132 @@ def train(config: TrainConfig) -> dict | None:
     progress = resume(cfg, accelerator, settings, data, noise, ema, param_names)
     if progress.step > total:
         logger.info(f"the checkpoint is at step {progress.step}, past --steps {total}: nothing to train")
-    images_per_step = cfg.batch_size * cfg.n_images
+    run = Run(
+        cfg, accelerator, pipe, prepared, optimizer, lr_scheduler, DDPMScheduler.from_config(pipe.scheduler.config),
+        ema, param_names, data, epoch_steps, heldout, stored, total, noise, settings, progress,
+    )
     if accelerator.log_with:  # settings as params; the loss, lr and speed below as they happen
-        accelerator.init_trackers("m2m", config={**settings, "steps": total, "images_per_step": images_per_step})
+        accelerator.init_trackers("m2m", config={**settings, "steps": total, "images_per_step": run.images_per_step})
     logger.info(
         f"training M2M-{cfg.variant} ({cfg.preset}{', task ' + cfg.task if cfg.task else ''}): {total} steps of "
         f"{cfg.batch_size} sets x {cfg.n_images} images ({accelerator.num_processes} processes x "
         f"{cfg.micro_batch_size} x {accelerator.gradient_accumulation_steps} accumulation), lr {cfg.lr:g}"
     )
+    return run
 
+
+def micro_step(run: Run, batch: dict) -> tuple[torch.Tensor, float]:
+    """Eq. 5 on one micro-batch, backward, and (when the accumulation is complete) the optimizer step;
+    returns the loss and the learning rate the step used."""
+    cfg, accelerator, device = run.cfg, run.accelerator, run.accelerator.device
+    images = batch["images"].to(device, non_blocking=True)
+    conditions = batch["cond"].to(device) if cfg.task is not None else None
+    with accelerator.accumulate(run.prepared):
+        with torch.no_grad(), accelerator.autocast():
+            context = clean_context(run.pipe, images, *(batch.get(name) for name in run.stored))
+        loss = m2m_loss(
+            run.pipe, run.noise_scheduler, images, conditions, p_uncond=cfg.p_uncond,
+            p_drop_condition=cfg.p_drop_condition, generator=run.noise, precomputed=context, unet=run.prepared,
+            snr_gamma=cfg.snr_gamma,
+        )
+        accelerator.backward(loss)
+        if accelerator.sync_gradients:
+            accelerator.clip_grad_norm_(run.prepared.parameters(), cfg.max_grad_norm)
+        step_lr = run.lr_scheduler.get_last_lr()[0]  # the rate this step uses
+        run.optimizer.step()
+        run.lr_scheduler.step()
+        run.optimizer.zero_grad(set_to_none=True)
+    return loss.detach(), step_lr
+
+
+def end_step(run: Run, micro_losses: list[torch.Tensor]) -> float:
+    """After an optimizer step: the EMA, the step's loss over all processes, the step count."""
+    if run.ema is not None:
+        run.ema.step(run.pipe.unet.parameters())
+    step_loss = run.accelerator.gather(torch.stack(micro_losses).mean().reshape(1)).mean().item()
+    run.progress.step += 1
+    if not math.isfinite(step_loss):
+        raise FloatingPointError(f"loss is {step_loss} at step {run.progress.step}; lower --lr (checkpoints are kept)")
+    run.progress.losses.append(step_loss)
+    return step_loss
+
+
+def save(run: Run, run_s: float) -> None:
+    """A checkpoint of everything the run needs to continue from this step."""
+    cfg, progress = run.cfg, run.progress
+    check_skipped(cfg, run.data, progress.step * cfg.batch_size // run.accelerator.num_processes)
+    state = {
+        "losses": progress.losses, "elapsed_s": progress.elapsed_s + run_s, "train_s": progress.train_s,
+        "settings": run.settings,
+    }
+    saved = checkpoint.save_checkpoint(
+        run.accelerator, cfg.checkpoints, progress.step, state, run.data.state_dict(), run.noise, run.ema,
+        run.param_names, cfg.keep_checkpoints,
+    )
+    logger.info(f"checkpoint: {saved}")
+
+
+def steps(run: Run) -> None:
+    """Optimizer steps up to ``total``, with progress, log lines (and MLflow metrics) and checkpoints."""
+    from tqdm.auto import tqdm
+
+    cfg, accelerator, progress, total = run.cfg, run.accelerator, run.progress, run.total
     bar = tqdm(
         total=total, initial=min(progress.step, total), unit="step", desc="train",
         disable=not accelerator.is_local_main_process,
     )
     try:
         t_run = t_step = t_log = time.perf_counter()
-        micro_losses, log_from, batches = [], progress.step, iter(data)
+        micro_losses, log_from, batches = [], progress.step, iter(run.data)
         while progress.step < total:
-            batch = next(batches)
-            images = batch["images"].to(device, non_blocking=True)
-            conditions = batch["cond"].to(device) if cfg.task is not None else None
-            with accelerator.accumulate(prepared):
-                with torch.no_grad(), accelerator.autocast():
-                    context = clean_context(pipe, images, *(batch.get(name) for name in stored))
-                loss = m2m_loss(
-                    pipe, noise_scheduler, images, conditions, p_uncond=cfg.p_uncond,
-                    p_drop_condition=cfg.p_drop_condition, generator=noise, precomputed=context, unet=prepared,
-                    snr_gamma=cfg.snr_gamma,
-                )
-                accelerator.backward(loss)
-                if accelerator.sync_gradients:
-                    accelerator.clip_grad_norm_(prepared.parameters(), cfg.max_grad_norm)
-                step_lr = lr_scheduler.get_last_lr()[0]  # the rate this step uses
-                optimizer.step()
-                lr_scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-            micro_losses.append(loss.detach())
+            loss, step_lr = micro_step(run, next(batches))
+            micro_losses.append(loss)
             if not accelerator.sync_gradients:  # accumulating: the optimizer step comes later
                 continue
-
-            if ema is not None:
-                ema.step(unet.parameters())
-            step_loss = accelerator.gather(torch.stack(micro_losses).mean().reshape(1)).mean().item()
+            step_loss = end_step(run, micro_losses)
             micro_losses = []
-            progress.step += 1
-            if not math.isfinite(step_loss):
-                raise FloatingPointError(f"loss is {step_loss} at step {progress.step}; lower --lr (checkpoints are kept)")
-            progress.losses.append(step_loss)
             now = time.perf_counter()
             progress.train_s += now - t_step
             bar.update(1)
-            bar.set_postfix(loss=f"{step_loss:.4f}", img_s=f"{images_per_step / (now - t_step):.1f}")
+            bar.set_postfix(loss=f"{step_loss:.4f}", img_s=f"{run.images_per_step / (now - t_step):.1f}")
             if progress.step % cfg.log_every == 0 or progress.step == total:
                 window = progress.losses[log_from:]
-                loss, speed = sum(window) / len(window), images_per_step * len(window) / (now - t_log)
-                logger.info(f"step {progress.step}/{total} loss {loss:.4f} img/s {speed:.1f} lr {step_lr:.2e}")
-                accelerator.log({"loss": loss, "lr": step_lr, "images_per_s": speed}, step=progress.step)
+                mean, speed = sum(window) / len(window), run.images_per_step * len(window) / (now - t_log)
+                logger.info(f"step {progress.step}/{total} loss {mean:.4f} img/s {speed:.1f} lr {step_lr:.2e}")
+                accelerator.log({"loss": mean, "lr": step_lr, "images_per_s": speed}, step=progress.step)
                 t_log, log_from = now, progress.step
             if cfg.checkpoint_every and (progress.step % cfg.checkpoint_every == 0 or progress.step == total):
-                check_skipped(cfg, data, progress.step * cfg.batch_size // accelerator.num_processes)
-                state = {
-                    "losses": progress.losses, "elapsed_s": progress.elapsed_s + time.perf_counter() - t_run,
-                    "train_s": progress.train_s, "settings": settings,
-                }
-                saved = checkpoint.save_checkpoint(
-                    accelerator, cfg.checkpoints, progress.step, state, data.state_dict(), noise, ema, param_names,
-                    cfg.keep_checkpoints,
-                )
-                logger.info(f"checkpoint: {saved}")
+                save(run, time.perf_counter() - t_run)
             t_step = time.perf_counter()
     finally:
         bar.close()  # an error is printed on a line of its own, after the bar
     progress.elapsed_s += time.perf_counter() - t_run
 
-    check_skipped(cfg, data, progress.step * cfg.batch_size // accelerator.num_processes)
+
+def finish(run: Run) -> dict | None:
+    """The model folder with the EMA (or final) weights, its metrics, loss curve and samples."""
+    cfg, accelerator = run.cfg, run.accelerator
+    check_skipped(cfg, run.data, run.progress.step * cfg.batch_size // accelerator.num_processes)
     accelerator.wait_for_everyone()
     metrics = None
     if accelerator.is_main_process:
-        unet = accelerator.unwrap_model(prepared)
-        if ema is not None:
-            ema.copy_to(unet.parameters())
+        unet = accelerator.unwrap_model(run.prepared)
+        if run.ema is not None:
+            run.ema.copy_to(unet.parameters())
         unet.eval()
-        grid = sample_grid(pipe, cfg, *heldout)
-        metrics = train_metrics(cfg, accelerator, pipe, progress, epoch_steps, settings, data, stored)
-        write_model_folder(cfg.out, pipe, metrics, progress.losses, grid)
+        grid = sample_grid(run.pipe, cfg, *run.heldout)
+        metrics = train_metrics(
+            cfg, accelerator, run.pipe, run.progress, run.epoch_steps, run.settings, run.data, run.stored
+        )
+        write_model_folder(cfg.out, run.pipe, metrics, run.progress.losses, grid)
         logger.info(f"wrote {cfg.out}: final loss {metrics['final_loss']}, {metrics['images_per_s'] or 0:.1f} img/s")
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return metrics
+
+
+def train(config: TrainConfig) -> dict | None:
+    """Train as ``config`` says; write the model folder; return its ``train_metrics`` (main process)."""
+    run = start_run(config)
+    steps(run)
+    return finish(run)
