@@ -40,6 +40,49 @@ def cfg_eq7(eps_none: torch.Tensor, eps_image: torch.Tensor, eps_both: torch.Ten
     return eps_none + s_I * (eps_image - eps_none) + s_C * (eps_both - eps_image)
 
 
+@dataclass
+class Guidance:
+    """The guidance branches of eq. 6 or eq. 7, stacked along the batch: (context on?, condition on?) each."""
+
+    branches: list[tuple[bool, bool]]
+    s: float
+    s_img: float | None = None
+    s_cond: float | None = None
+    cond_emb: torch.Tensor | None = None  # E(c_C) of every position, (B, K + M, condition_dim)
+
+    @classmethod
+    def choose(cls, s: float, s_img: float | None, s_cond: float | None, cond_emb: torch.Tensor | None) -> Guidance:
+        if cond_emb is not None:
+            s_img, s_cond = (s if s_img is None else s_img), (1.0 if s_cond is None else s_cond)
+            branches = [(False, False), (True, False), (True, True)]
+            return cls(branches, s, s_img, s_cond, cond_emb)
+        return cls([(False, False), (True, False)] if s != 1 else [(True, False)], s)
+
+    def context(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` once per branch, zeroed where the branch has no context (eq. 6's zeroed condition)."""
+        return torch.cat([x if on else torch.zeros_like(x) for on, _ in self.branches], 0)
+
+    def conditions(self, positions: slice) -> torch.Tensor | None:
+        """The task conditions of ``positions`` once per branch, zeroed (∅) where the branch has none."""
+        if self.cond_emb is None:
+            return None
+        x = self.cond_emb[:, positions]
+        return torch.cat([x if on else torch.zeros_like(x) for _, on in self.branches], 0)
+
+    @property
+    def null_first(self) -> bool:
+        """The unconditional branch leads the batch (with the cache, its context is W copies of one image)."""
+        return len(self.branches) > 1 and self.branches[0] == (False, False)
+
+    def combine(self, eps: torch.Tensor) -> torch.Tensor:
+        """The branches' predictions, stacked along the batch, as eq. 7, eq. 6 or the one branch."""
+        eps = eps.chunk(len(self.branches))
+        if self.cond_emb is not None:
+            s_img, s_cond = self.s_img, self.s_cond
+            return cfg_eq7(*eps, s_img, s_cond)
+        return eps[0] if len(eps) == 1 else cfg_eq6(eps[0], eps[1], self.s)
+
+
 def to_pil(images: torch.Tensor) -> list[list[Image.Image]]:
     """``(B, M, 3, H, W)`` in ``[0, 1]`` -> B lists of M RGB images."""
     arr = (images.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 1, 3, 4, 2).cpu().numpy()
@@ -119,6 +162,55 @@ class M2MPipeline(DiffusionPipeline):
             )
         return images
 
+    def _start_memory(self, pixels: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Every context image so far, as pixels and as latents (one entry per position)."""
+        batch, n_given = pixels.shape[:2]
+        if not self.context_encoder.external:
+            dtype = self.vae.dtype if self.vae else self.unet.dtype
+            latents = encode_images(self.vae, pixels.to(dtype))
+        else:  # an external encoder (M2M-DINO's DINOv2) reads the pixels; their latents are never needed
+            latents = pixels.new_zeros(batch, n_given, 0)
+        return [pixels[:, j : j + 1] for j in range(n_given)], [latents[:, j : j + 1] for j in range(n_given)]
+
+    def _context(self, guidance: Guidance, memory, lo: int, hi: int) -> torch.Tensor:
+        """The clean context of positions ``lo .. hi - 1`` once per guidance branch."""
+        pixels, latents = memory
+        return guidance.context(torch.cat([self._context_of(pixels[j], latents[j]) for j in range(lo, hi)], 1))
+
+    def _cache(self, guidance: Guidance, memory, lo: int, hi: int, window: int) -> None:
+        """Keys/values of context positions ``lo .. hi - 1`` join the cache (which keeps the last W)."""
+        context = self._context(guidance, memory, lo, hi)
+        self.unet.encode_context(context, guidance.conditions(slice(lo, hi)), keep=window)
+
+    def _denoise(self, guidance: Guidance, memory, batch: int, position: int, window: int, use_cache: bool,
+                 generator, bar) -> torch.Tensor:
+        """DDIM from noise to the latents of the image at ``position``, guided by eq. 6 or eq. 7."""
+        unet = self.unet
+        config = unet.config.unet_config
+        shape = (batch, 1, config["in_channels"], config["sample_size"], config["sample_size"])
+        n_visible = min(window, position)
+        lo = position - n_visible
+        query_cond = guidance.conditions(slice(position, position + 1))
+        # the unconditional branch leads the batch: its cached context is W copies of one zeroed image
+        null_rows = batch if use_cache and guidance.null_first else 0
+        latents = randn_tensor(shape, generator=generator, device=self._execution_device, dtype=unet.dtype)
+        latents = latents * self.scheduler.init_noise_sigma
+        n_branches = len(guidance.branches)
+        for t in self.scheduler.timesteps:
+            context = context_cond = None
+            if not use_cache and n_visible:  # the uncached baseline recomputes the context every step
+                context = self._context(guidance, memory, lo, position)
+                context_cond = guidance.conditions(slice(lo, position))
+            inp = self.scheduler.scale_model_input(latents.repeat(n_branches, 1, 1, 1, 1), t)
+            eps = guidance.combine(unet(
+                inp, t, context=context, visible=[n_visible], cond_query=query_cond,
+                cond_context=context_cond, window=window, null_context_rows=null_rows,
+            ))
+            latents = self.scheduler.step(eps.flatten(0, 1), t, latents.flatten(0, 1)).prev_sample
+            latents = latents.unflatten(0, (batch, 1))
+            bar.update()
+        return latents
+
     @torch.no_grad()
     def __call__(
         self,
@@ -156,86 +248,32 @@ class M2MPipeline(DiffusionPipeline):
         guidance_scale = self.config.guidance_scale if guidance_scale is None else guidance_scale
         pixels = self._check_inputs(images, num_images, window, batch_size).to(device)
         batch, n_given = pixels.shape[:2]
-        unet, dtype = self.unet, self.unet.dtype
-
-        # Guidance branches, stacked along the batch: (context on?, condition on?) per branch.
+        cond_emb = None
         if conditions is not None:
-            s_img = guidance_scale if image_guidance_scale is None else image_guidance_scale
-            s_cond = 1.0 if condition_guidance_scale is None else condition_guidance_scale
-            branches = [(False, False), (True, False), (True, True)]
-            cond_emb = unet.embed_condition(conditions.to(device)).to(dtype)
+            cond_emb = self.unet.embed_condition(conditions.to(device)).to(self.unet.dtype)
             if cond_emb.shape[:2] != (batch, n_given + num_images):
                 raise ValueError(f"conditions must cover all {n_given + num_images} positions of {batch} sets")
-        else:
-            branches = [(False, False), (True, False)] if guidance_scale != 1 else [(True, False)]
-            cond_emb = None
+        guidance = Guidance.choose(guidance_scale, image_guidance_scale, condition_guidance_scale, cond_emb)
+        memory = self._start_memory(pixels)
 
-        def per_branch(x: torch.Tensor, on: list[bool]) -> torch.Tensor:
-            return torch.cat([x if flag else torch.zeros_like(x) for flag in on], 0)
-
-        ctx_on = [c for c, _ in branches]
-        cond_on = [c for _, c in branches]
-        # the unconditional branch leads the batch: its cached context is W copies of one zeroed image
-        null_rows = batch if use_cache and branches[0] == (False, False) else 0
-
-        def branch_cond(positions: slice) -> torch.Tensor | None:
-            return None if cond_emb is None else per_branch(cond_emb[:, positions], cond_on)
-
-        if not self.context_encoder.external:
-            latents_given = encode_images(self.vae, pixels.to(self.vae.dtype if self.vae else dtype))
-        else:  # an external encoder (M2M-DINO's DINOv2) reads the pixels; their latents are never needed
-            latents_given = pixels.new_zeros(batch, n_given, 0)
-        memory_pixels = [pixels[:, j : j + 1] for j in range(n_given)]
-        memory_latents = [latents_given[:, j : j + 1] for j in range(n_given)]
-
-        def context_of(lo: int, hi: int) -> torch.Tensor:
-            ctx = [self._context_of(memory_pixels[j], memory_latents[j]) for j in range(lo, hi)]
-            return per_branch(torch.cat(ctx, 1), ctx_on)
-
-        unet.reset_cache()
+        self.unet.reset_cache()
         if use_cache and n_given:
             first = max(0, n_given - window)  # earlier images never enter the window
-            unet.encode_context(context_of(first, n_given), branch_cond(slice(first, n_given)), keep=window)
-
+            self._cache(guidance, memory, first, n_given, window)
         self.scheduler.set_timesteps(num_inference_steps, device=device)
-        config = unet.config.unet_config
-        latent_shape = (batch, 1, config["in_channels"], config["sample_size"], config["sample_size"])
         outputs = []
         self.set_progress_bar_config(disable=not progress)
         with self.progress_bar(total=num_images * num_inference_steps) as bar:
             for i in range(num_images):
                 bar.set_description(f"image {i + 1}/{num_images}, DDIM steps")
-                position = n_given + i
-                n_visible = min(window, position)
-                lo = position - n_visible
-                query_cond = branch_cond(slice(position, position + 1))
-                latents = randn_tensor(latent_shape, generator=generator, device=device, dtype=dtype)
-                latents = latents * self.scheduler.init_noise_sigma
-                for t in self.scheduler.timesteps:
-                    context = context_cond = None
-                    if not use_cache and n_visible:  # the uncached baseline recomputes the context every step
-                        context, context_cond = context_of(lo, position), branch_cond(slice(lo, position))
-                    inp = self.scheduler.scale_model_input(latents.repeat(len(branches), 1, 1, 1, 1), t)
-                    eps = unet(
-                        inp, t, context=context, visible=[n_visible], cond_query=query_cond,
-                        cond_context=context_cond, window=window, null_context_rows=null_rows,
-                    ).chunk(len(branches))
-                    if conditions is not None:
-                        eps = cfg_eq7(*eps, s_img, s_cond)
-                    else:
-                        eps = eps[0] if len(eps) == 1 else cfg_eq6(eps[0], eps[1], guidance_scale)
-                    latents = self.scheduler.step(eps.flatten(0, 1), t, latents.flatten(0, 1)).prev_sample
-                    latents = latents.unflatten(0, (batch, 1))
-                    bar.update()
+                latents = self._denoise(guidance, memory, batch, n_given + i, window, use_cache, generator, bar)
                 image = decode_latents(self.vae, latents)
                 outputs.append(image)
-                memory_pixels.append(image)
-                memory_latents.append(latents)
+                memory[0].append(image)
+                memory[1].append(latents)
                 if use_cache and i + 1 < num_images:
-                    unet.encode_context(
-                        context_of(position, position + 1), branch_cond(slice(position, position + 1)), keep=window
-                    )
-        unet.reset_cache()
+                    self._cache(guidance, memory, n_given + i, n_given + i + 1, window)
+        self.unet.reset_cache()
 
         images_out = (torch.cat(outputs, 1).float() + 1) / 2
         if output_type == "pil":

@@ -1,6 +1,6 @@
 """Do the tests fail when the paper breaks? Each mutation below breaks one equation or rule of the core
-modules (m2m/models, m2m/pipeline.py, m2m/training/objective.py and the loop that feeds it) the way a plausible bug would; the tests
-that guard it run against the mutated source and must fail. Prints one line per mutation and the kill rate.
+modules (m2m/models, m2m/pipeline.py, m2m/training/objective.py and the loop that feeds it) the way a
+plausible bug would; the tests that guard it run against the mutated source and must fail. Prints one line per mutation and the kill rate.
 
     .venv/bin/python scripts/mutations.py            # all (a few minutes on two cores)
     .venv/bin/python scripts/mutations.py eq7-order  # one, by name
@@ -49,8 +49,8 @@ MUTATIONS = (
         "eq. 7's unconditional branch still sees the task condition",
     ),
     Mutation(
-        "eq7-scales-swapped", "m2m/pipeline.py", "eps = cfg_eq7(*eps, s_img, s_cond)",
-        "eps = cfg_eq7(*eps, s_cond, s_img)",
+        "eq7-scales-swapped", "m2m/pipeline.py", "return cfg_eq7(*eps, s_img, s_cond)",
+        "return cfg_eq7(*eps, s_cond, s_img)",
         ("tests/test_pipeline.py::test_task_conditions_follow_eq7_branch_by_branch",),
         "s_I and s_C swapped",
     ),
