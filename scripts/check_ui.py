@@ -1,0 +1,423 @@
+"""Check what the Dagster and MLflow UIs show after the main command, in the real UIs.
+
+    .venv/bin/python scripts/check_ui.py [--screenshots docs/img]
+
+Starts ``dagster dev`` (the project's instance, ``.dagster/``) and ``mlflow ui`` (``mlflow/mlflow.db``)
+on free 127.0.0.1 ports, asks each what its pages show (Dagster's GraphQL API, MLflow's REST API),
+prints one PASS/FAIL line per check, optionally saves screenshots of the pages taken by headless
+chromium, stops both servers, and exits 1 when a check failed. Run it after ``bash scripts/pipeline.sh``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+from urllib.parse import quote
+
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+LOCATION, REPOSITORY = "m2m", "__repository__"
+JOBS = ("prepare_captions", "generate_mis_shards", "train_and_evaluate", "promote_champion")
+SENSOR = "promote_after_evaluation"
+REFUSED_TAG = "m2m/promotion_refused"
+TRAIN_PARAMS = ("lr", "batch_size", "variant", "images_per_step")
+MAX_PNG_BYTES = 300_000
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+class CheckFailed(Exception):
+    """A check saw something other than what the UI should show."""
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start(command: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen:
+    """Start a server in its own process group, its output going to ``log``."""
+    with open(log, "wb") as out:
+        return subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+
+
+def stop(process: subprocess.Popen) -> None:
+    """Stop a server and everything it started (its process group): Ctrl-C, then SIGKILL for what is left."""
+    with contextlib.suppress(ProcessLookupError, subprocess.TimeoutExpired):
+        os.killpg(process.pid, signal.SIGINT)
+        process.wait(timeout=30)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)  # workers that outlived their parent
+    process.wait()
+
+
+def wait_until(ready, name: str, log: Path, process: subprocess.Popen, timeout: float) -> None:
+    """Poll ``ready()`` until it is true; stop with one line naming the server and its log otherwise."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            sys.exit(f"error: {name} exited with status {process.returncode} before answering; see {log}")
+        try:
+            if ready():
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(2)
+    sys.exit(f"error: {name} did not come up within {timeout:.0f} s; see {log}")
+
+
+class Dagster:
+    """The Dagster webserver's GraphQL API."""
+
+    def __init__(self, url: str):
+        self.url = url
+
+    def query(self, text: str, **variables) -> dict:
+        answer = requests.post(f"{self.url}/graphql", json={"query": text, "variables": variables}, timeout=60)
+        answer.raise_for_status()
+        body = answer.json()
+        if body.get("errors"):
+            raise CheckFailed(f"GraphQL error: {body['errors'][0].get('message')}")
+        return body["data"]
+
+    def loaded(self) -> bool:
+        data = self.query("{ workspaceOrError { ... on Workspace { locationEntries { name loadStatus } } } }")
+        entries = data["workspaceOrError"].get("locationEntries", [])
+        return any(e["name"] == LOCATION and e["loadStatus"] == "LOADED" for e in entries)
+
+    def runs(self, job: str, created_after: float | None = None) -> list[dict]:
+        """The runs the job's page lists (the UI filters by job name and code-location tag)."""
+        location_tag = {"key": ".dagster/repository", "value": f"{REPOSITORY}@{LOCATION}"}
+        run_filter = {"pipelineName": job, "tags": [location_tag]}
+        if created_after is not None:
+            run_filter["createdAfter"] = created_after
+        data = self.query(
+            "query($f: RunsFilter) { runsOrError(filter: $f) { ... on Runs { results {"
+            " runId status creationTime tags { key value } } } } }", f=run_filter,
+        )
+        return data["runsOrError"]["results"]
+
+    def sensor_ticks(self, after: float) -> tuple[str, list[dict]]:
+        data = self.query(
+            "query($s: SensorSelector!) { sensorOrError(sensorSelector: $s) { ... on Sensor { sensorState {"
+            " status ticks(limit: 20, afterTimestamp: %f) { status timestamp skipReason runIds error { message } }"
+            " } } } }" % after,
+            s={"repositoryLocationName": LOCATION, "repositoryName": REPOSITORY, "sensorName": SENSOR},
+        )
+        state = data["sensorOrError"]["sensorState"]
+        return state["status"], sorted(state["ticks"], key=lambda t: t["timestamp"])
+
+
+class Mlflow:
+    """The MLflow server's REST API (``/api/2.0/mlflow``, and ``/ajax-api`` for what only the UI uses)."""
+
+    def __init__(self, url: str):
+        self.url = url
+
+    def get(self, path: str, body: dict | None = None, **params) -> dict:
+        """GET ``path`` with ``params``, or POST ``body`` to it."""
+        url = f"{self.url}/api/2.0/mlflow/{path}"
+        answer = requests.post(url, json=body, timeout=60) if body else requests.get(url, params=params, timeout=60)
+        answer.raise_for_status()
+        return answer.json()
+
+    def experiment(self, name: str) -> dict:
+        return self.get("experiments/get-by-name", experiment_name=name)["experiment"]
+
+    def finished_runs(self, name: str) -> list[dict]:
+        query = {"experiment_ids": [self.experiment(name)["experiment_id"]], "max_results": 200,
+                 "filter": "attributes.status = 'FINISHED'"}
+        return self.get("runs/search", query).get("runs", [])
+
+    def versions(self) -> list[dict]:
+        return self.get("model-versions/search", max_results=200).get("model_versions", [])
+
+    @staticmethod
+    def model_id(version: dict) -> str:
+        """The logged model a version was registered from (its source is ``models:/<id>``)."""
+        return version.get("model_id") or version["source"].removeprefix("models:/").split("/")[0]
+
+    def model_file(self, version: dict) -> str:
+        """The version's MLmodel file, as the model's page reads it."""
+        url = f"{self.url}/ajax-api/2.0/mlflow/logged-models/{self.model_id(version)}/artifacts/files"
+        answer = requests.get(url, params={"artifact_file_path": "MLmodel"}, timeout=60)
+        answer.raise_for_status()
+        return answer.text
+
+
+def tags_of(entity: dict) -> dict[str, str]:
+    """A GraphQL run's or an MLflow entity's tags as a dict."""
+    return {t["key"]: t.get("value", "") for t in entity.get("tags", [])}
+
+
+# --- the checks: each returns what it saw, or raises CheckFailed ---------------------------------------------------
+
+def check_job_pages(dagster: Dagster) -> str:
+    """Each job of the main command lists its runs on its page."""
+    counts = {job: len(dagster.runs(job)) for job in JOBS}
+    if not all(counts.values()):
+        raise CheckFailed(f"a job page lists no runs: {counts}")
+    return ", ".join(f"{job} {n} run(s)" for job, n in counts.items())
+
+
+def check_sensor(dagster: Dagster, started: float, timeout: float = 180) -> str:
+    """The sensor's first ticks under this ``dagster dev`` launch no promotion run: the first after the main
+    command skips its evaluation as the main command's, later ones find no new evaluation."""
+    deadline = time.monotonic() + timeout
+    status, ticks = dagster.sensor_ticks(started)
+    while not ticks and time.monotonic() < deadline:
+        time.sleep(5)
+        status, ticks = dagster.sensor_ticks(started)
+    if not ticks:
+        raise CheckFailed(f"sensor {SENSOR} ({status}) did not tick within {timeout:.0f} s")
+    time.sleep(5)  # a run a tick requested is created right after it
+    launched = dagster.runs("promote_champion", created_after=started)
+    seen = "; ".join(f"{t['status']}: {t['skipReason'] or (t['error'] or {}).get('message', '')}" for t in ticks)
+    if launched or any(t["runIds"] for t in ticks) or any(t["status"] == "FAILURE" for t in ticks):
+        raise CheckFailed(f"{len(ticks)} tick(s) [{seen}], {len(launched)} new promote_champion run(s)")
+    reasons = [t["skipReason"] or "" for t in ticks]
+    if not all("main command" in reason or reason.startswith("No new materialization") for reason in reasons):
+        raise CheckFailed(f"unexpected skip reason(s): {seen}")
+    return f"{status}, {len(ticks)} tick(s), no new run [{seen}]"
+
+
+def check_promotion_tag(dagster: Dagster) -> str:
+    """The latest promotion run shows which promotions it refused (``none`` when it refused none)."""
+    runs = dagster.runs("promote_champion")
+    values = [tags_of(run).get(REFUSED_TAG) for run in runs]
+    if not runs or values[0] is None:
+        raise CheckFailed(f"the latest promote_champion run has no tag {REFUSED_TAG}")
+    tagged = sum(value is not None for value in values)
+    return f"latest run {runs[0]['runId'][:8]}: {REFUSED_TAG}={values[0]!r} ({tagged}/{len(runs)} runs tagged)"
+
+
+def check_asset_graph(dagster: Dagster) -> str:
+    """The graph shows every asset and asset check the code location defines, each asset materialized."""
+    sys.path.insert(0, str(ROOT))  # this checkout's definitions, as `dagster dev` here loads them
+    from orchestration.definitions import defs
+
+    graph = defs().resolve_asset_graph()
+    expected = {key.to_user_string() for key in graph.get_all_asset_keys()}
+    expected_checks = {f"{key.asset_key.to_user_string()}.{key.name}" for key in graph.asset_check_keys}
+    nodes = dagster.query(
+        "{ assetNodes(loadMaterializations: true) { assetKey { path } assetMaterializations(limit: 1) { timestamp }"
+        " assetChecksOrError { ... on AssetChecks { checks { name } } } } }"
+    )["assetNodes"]
+    shown = {"/".join(n["assetKey"]["path"]) for n in nodes}
+    checks = {f"{'/'.join(n['assetKey']['path'])}.{c['name']}" for n in nodes
+              for c in n["assetChecksOrError"].get("checks", [])}
+    unmaterialized = sorted("/".join(n["assetKey"]["path"]) for n in nodes if not n["assetMaterializations"])
+    if shown != expected or checks != expected_checks or unmaterialized:
+        raise CheckFailed(f"missing assets {sorted(expected - shown)}, missing checks "
+                          f"{sorted(expected_checks - checks)}, never materialized {unmaterialized}")
+    return f"{len(shown)} assets (all materialized), {len(checks)} asset checks"
+
+
+def check_experiments(mlflow: Mlflow) -> str:
+    """Both experiments open on their runs (the kind tag), not on the GenAI traces view."""
+    kinds = {name: tags_of(mlflow.experiment(name)).get("mlflow.experimentKind")
+             for name in ("m2m-training", "m2m-evaluation")}
+    if set(kinds.values()) != {"custom_model_development"}:
+        raise CheckFailed(f"mlflow.experimentKind: {kinds}")
+    return f"mlflow.experimentKind: {kinds}"
+
+
+def check_training_runs(mlflow: Mlflow) -> str:
+    """Params, no ``final.*`` metrics, and a ``loss`` curve logged while training: a point per log step up
+    to the last step, each later than the one before."""
+    runs, lengths = mlflow.finished_runs("m2m-training"), []
+    if not runs:
+        raise CheckFailed("no finished run in m2m-training")
+    for run in runs:
+        name, data = run["info"]["run_name"], run["data"]
+        params = {p["key"] for p in data.get("params", [])}
+        finals = [m["key"] for m in data.get("metrics", []) if m["key"].startswith("final.")]
+        history = mlflow.get("metrics/get-history", run_id=run["info"]["run_id"], metric_key="loss").get("metrics", [])
+        steps, stamps = [m["step"] for m in history], [int(m["timestamp"]) for m in history]
+        last = int(next((p["value"] for p in data.get("params", []) if p["key"] == "steps"), -1))
+        live = (len(history) >= 2 and steps == sorted(set(steps)) and steps[-1] == last
+                and all(a < b for a, b in zip(stamps, stamps[1:])))
+        if not set(TRAIN_PARAMS) <= params or finals or not live:
+            raise CheckFailed(f"{name}: missing params {sorted(set(TRAIN_PARAMS) - params)}, final.* metrics {finals}, "
+                              f"loss history {len(history)} points, steps {steps[:5]}..., timestamps {stamps[:5]}...")
+        lengths.append(f"{name} {len(history)} (steps {steps[0]}-{steps[-1]}, {(stamps[-1] - stamps[0]) / 1000:.0f} s)")
+    return f"{len(runs)} runs with params {', '.join(TRAIN_PARAMS)}, no final.*; loss points: " + "; ".join(lengths)
+
+
+def check_model_versions(mlflow: Mlflow) -> str:
+    """Each version: a description, a model with a signature, and ISO 8601 ``champion_since`` tags."""
+    versions = mlflow.versions()
+    if not versions:
+        raise CheckFailed("no registered model version")
+    for version in versions:
+        label = f"{version['name']} v{version['version']}"
+        if not version.get("description", "").strip():
+            raise CheckFailed(f"{label} has no description")
+        if "signature:" not in mlflow.model_file(version):
+            raise CheckFailed(f"{label}: its MLmodel has no signature")
+        since = tags_of(version).get("champion_since")
+        if since is not None:
+            try:
+                datetime.fromisoformat(since)
+            except ValueError:
+                raise CheckFailed(f"{label}: champion_since={since!r} is not ISO 8601") from None
+    champions = [f"{v['name']} v{v['version']} since {tags_of(v)['champion_since']}" for v in versions
+                 if "champion_since" in tags_of(v)]
+    return f"{len(versions)} versions with description and signature; champion_since: " + "; ".join(champions)
+
+
+def check_evaluation_inputs(mlflow: Mlflow) -> str:
+    """Each evaluation run lists the evaluated model as its input (the run page reads ``runs/get``;
+    ``runs/search`` leaves model inputs out)."""
+    runs = mlflow.finished_runs("m2m-evaluation")
+    if not runs:
+        raise CheckFailed("no finished run in m2m-evaluation")
+    model_names = {mlflow.model_id(v): f"{v['name']} v{v['version']}" for v in mlflow.versions()}
+    seen = []
+    for run in runs:
+        full = mlflow.get("runs/get", run_id=run["info"]["run_id"])["run"]
+        inputs = [m["model_id"] for m in full.get("inputs", {}).get("model_inputs", [])]
+        if not inputs:
+            raise CheckFailed(f"{run['info']['run_name']} lists no model input")
+        seen.append(f"{run['info']['run_name']} <- {', '.join(model_names.get(i, i) for i in inputs)}")
+    return "; ".join(seen)
+
+
+# --- screenshots -----------------------------------------------------------------------------------------------------
+
+def screenshot(url: str, out: Path, window=(1400, 900), box=None, width: int | None = None,
+               budget_ms: int = 25000) -> str:
+    """Save ``url`` as headless chromium renders it in a ``window`` (width, height), cut to ``box``
+    (left, top, right, bottom) and scaled to ``width``, quantized (and shrunk if needed) below MAX_PNG_BYTES."""
+    from PIL import Image
+
+    with tempfile.TemporaryDirectory() as profile:
+        subprocess.run(
+            [CHROMIUM, "--headless=new", "--no-sandbox", "--disable-gpu",
+             f"--user-data-dir={profile}", f"--screenshot={out}", f"--window-size={window[0]},{window[1]}",
+             "--hide-scrollbars", f"--virtual-time-budget={budget_ms}", url],
+            check=True, capture_output=True, timeout=240,
+        )
+    image = Image.open(out).convert("RGB")
+    if box:
+        image = image.crop(box)
+    if width and image.width != width:
+        image = image.resize((width, round(image.height * width / image.width)), Image.Resampling.LANCZOS)
+    image.quantize(colors=256, method=Image.Quantize.MEDIANCUT).save(out, optimize=True)
+    while out.stat().st_size > MAX_PNG_BYTES:
+        image = image.resize((image.width * 4 // 5, image.height * 4 // 5), Image.Resampling.LANCZOS)
+        image.quantize(colors=256).save(out, optimize=True)
+    return f"{out} ({out.stat().st_size // 1000} KB)"
+
+
+def screenshots(folder: Path, dagster: Dagster, mlflow: Mlflow) -> list[str]:
+    """The pages the docs show. Window sizes and crops are chosen for them: the asset graph draws its
+    nodes in full only when wide enough, and MLflow's assistant panel takes the right quarter."""
+    folder.mkdir(parents=True, exist_ok=True)
+    dagster.query("mutation { setNuxSeen }")  # what "Skip" on the first visit's community pop-up does
+    training = mlflow.experiment("m2m-training")["experiment_id"]
+    run = next(r for r in mlflow.finished_runs("m2m-training") if r["info"]["run_name"] == "m2m_dino_pretrained")
+    version = max((v for v in mlflow.versions() if v["name"] == "m2m-dino"), key=lambda v: int(v["version"]))
+    groups = ",".join(f"global@global:{group}" for group in ("data", "training", "evaluation"))
+    chart = "&".join(f"{key}={quote(json.dumps(value))}" for key, value in {
+        "runs": [run["info"]["run_id"]], "metric": "loss", "experiments": [training], "plot_metric_keys": ["loss"],
+    }.items()) + "&x_axis=relative"
+    mlflow_window, mlflow_box = (1880, 900), (0, 0, 1400, 900)
+    pages = {
+        "dagster_asset_graph.png": (f"{dagster.url}/asset-groups?expanded={groups}",
+                                    dict(window=(2200, 1550), box=(600, 170, 2140, 1240), width=1400)),
+        "dagster_job_runs.png": (f"{dagster.url}/locations/{LOCATION}/jobs/train_and_evaluate/runs",
+                                 dict(box=(0, 0, 1400, 420))),
+        "mlflow_training_runs.png": (f"{mlflow.url}/#/experiments/{training}/runs",
+                                     dict(window=mlflow_window, box=(0, 0, 1400, 480))),
+        "mlflow_loss_chart.png": (f"{mlflow.url}/#/metric?{chart}", dict(window=mlflow_window, box=(0, 0, 1400, 620))),
+        "mlflow_model_version.png": (f"{mlflow.url}/#/models/m2m-dino/versions/{version['version']}",
+                                     dict(window=mlflow_window, box=mlflow_box)),
+    }
+    return [screenshot(url, folder / name, **options) for name, (url, options) in pages.items()]
+
+
+def start_servers(servers: list[subprocess.Popen], logs: Path, timeout: float) -> tuple[Dagster, Mlflow]:
+    """Start ``dagster dev`` and ``mlflow ui`` on free 127.0.0.1 ports (added to ``servers`` as they start)
+    and wait until both answer: Dagster with the code location loaded, MLflow healthy."""
+    env = {**os.environ, "DAGSTER_HOME": os.environ.get("DAGSTER_HOME", str(ROOT / ".dagster"))}
+    bin_dir, store = Path(sys.executable).parent, f"sqlite:///{ROOT / 'mlflow' / 'mlflow.db'}"
+    dagster = Dagster(f"http://127.0.0.1:{free_port()}")
+    mlflow = Mlflow(f"http://127.0.0.1:{free_port()}")
+    commands = {
+        "dagster dev": [str(bin_dir / "dagster"), "dev", "--host", "127.0.0.1",
+                        "--port", dagster.url.rsplit(":", 1)[1]],
+        "mlflow ui": [str(bin_dir / "mlflow"), "ui", "--backend-store-uri", store, "--host", "127.0.0.1",
+                      "--port", mlflow.url.rsplit(":", 1)[1]],
+    }
+    for name, command in commands.items():
+        servers.append(start(command, logs / f"{name.split()[0]}.log", env))
+    wait_until(dagster.loaded, "dagster dev", logs / "dagster.log", servers[0], timeout)
+    wait_until(lambda: requests.get(f"{mlflow.url}/health", timeout=5).ok, "mlflow ui", logs / "mlflow.log",
+               servers[1], timeout)
+    return dagster, mlflow
+
+
+def run_checks(checks: dict) -> int:
+    """Run each check, print its PASS/FAIL line, and return how many failed."""
+    failed = 0
+    for name, check in checks.items():
+        try:
+            print(f"PASS {name}: {check()}", flush=True)
+        except CheckFailed as err:
+            failed += 1
+            print(f"FAIL {name}: {err}", flush=True)
+        except Exception as err:  # an answer of another shape than expected is a failure too
+            failed += 1
+            print(f"FAIL {name}: {type(err).__name__}: {err}", flush=True)
+    return failed
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--screenshots", type=Path, metavar="DIR", help="also save screenshots of the pages here")
+    parser.add_argument("--timeout", type=float, default=240, help="seconds to wait for each server (default 240)")
+    args = parser.parse_args()
+    if args.screenshots and not CHROMIUM:
+        sys.exit("error: --screenshots needs chromium (not found on PATH)")
+    logs = Path(tempfile.mkdtemp(prefix="check_ui-"))
+    started, servers = time.time(), []
+    try:
+        dagster, mlflow = start_servers(servers, logs, args.timeout)
+        print(f"dagster dev on {dagster.url}, mlflow ui on {mlflow.url} (logs in {logs})", flush=True)
+        failed = run_checks({
+            "dagster: job pages list the main command's runs": lambda: check_job_pages(dagster),
+            "dagster: promotion run tagged": lambda: check_promotion_tag(dagster),
+            "dagster: asset graph": lambda: check_asset_graph(dagster),
+            "mlflow: experiment kind": lambda: check_experiments(mlflow),
+            "mlflow: training runs": lambda: check_training_runs(mlflow),
+            "mlflow: model versions": lambda: check_model_versions(mlflow),
+            "mlflow: evaluation runs list their model": lambda: check_evaluation_inputs(mlflow),
+            f"dagster: sensor {SENSOR} first ticks": lambda: check_sensor(dagster, started),
+        })
+        if args.screenshots:
+            for line in screenshots(args.screenshots, dagster, mlflow):
+                print(f"screenshot {line}", flush=True)
+        print(f"{failed} check(s) failed" if failed else "all checks passed", flush=True)
+        return 1 if failed else 0
+    finally:
+        for server in servers:
+            stop(server)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
