@@ -73,8 +73,10 @@ def run_job(
         state = "" if ran is None else " (ran)" if ran.value else " (up to date)"
         print(f"  materialized {event.asset_key.to_user_string()}{state}", flush=True)
     for evaluation in result.get_asset_check_evaluations():
-        print(f"  check {evaluation.asset_key.to_user_string()}.{evaluation.check_name}: "
-              f"{'passed' if evaluation.passed else 'FAILED'}")
+        warn = evaluation.severity == dg.AssetCheckSeverity.WARN
+        outcome = "passed" if evaluation.passed else "warning" if warn else "FAILED"
+        print(f"  check {evaluation.asset_key.to_user_string()}.{evaluation.check_name}: {outcome}"
+              + ("" if evaluation.passed or not evaluation.description else f" ({evaluation.description})"))
     if not result.success:
         for line in failures(result) or [f"run {result.run_id} failed"]:
             print(f"  FAILED {line}", file=sys.stderr, flush=True)

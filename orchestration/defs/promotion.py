@@ -1,4 +1,7 @@
-"""The registry jobs: promote each model's challenger to champion when it is better; roll back."""
+"""The registry jobs: promote each model's challenger to champion when it is better; roll back.
+
+The promotion is an asset check of `evaluation` (run by the `promote_champion` job): a refused promotion
+shows as a warning on the run and on the asset, with each model's reason, not as a plain success."""
 
 import dagster as dg
 from pydantic import Field
@@ -8,6 +11,7 @@ from orchestration.defs.resources import DvcResource, MlflowResource
 
 
 REFUSED_TAG = "m2m/promotion_refused"  # the models whose promotion a run refused, shown with the run
+PROMOTION_CHECK = "challengers_promoted"  # the check on `evaluation` that promotes, and warns on a refusal
 
 
 class PromotionConfig(dg.Config):
@@ -30,10 +34,16 @@ def decisions_table(decisions: list[registry.Decision]) -> dg.MetadataValue:
     return dg.MetadataValue.md("\n".join(rows))
 
 
-@dg.op(description="Move `champion` to each model's `challenger` when it beats the champion's metrics.")
-def promote_models(
-    context: dg.OpExecutionContext, config: PromotionConfig, dvc: DvcResource, mlflow: MlflowResource
-) -> dg.Output[list[str]]:
+@dg.asset_check(
+    asset="evaluation",
+    name=PROMOTION_CHECK,
+    description="Moves `champion` to each model's `challenger` when it beats the champion's metrics. Passes "
+    "when no promotion was refused; a refusal (a challenger that is not better, a rolled-back version, an "
+    "unknown model) is a warning, with the reason per model.",
+)
+def challengers_promoted(
+    context: dg.AssetCheckExecutionContext, config: PromotionConfig, dvc: DvcResource, mlflow: MlflowResource
+) -> dg.AssetCheckResult:
     mlflow.configure(str(dvc.cli().root))
     try:
         rules = [registry.Rule.parse(text) for text in config.metrics] or None
@@ -43,9 +53,16 @@ def promote_models(
     for decision in decisions:
         (context.log.warning if decision.refused else context.log.info)(str(decision))
     refused = [d.model for d in decisions if d.refused]
-    # a refusal is an outcome, not an error: the run succeeds, and its tag says which were refused
-    context.instance.add_run_tags(context.run_id, {REFUSED_TAG: ", ".join(refused) or "none"})
-    return dg.Output([str(d) for d in decisions], metadata={"decisions": decisions_table(decisions)})
+    # a refusal is an outcome, not an error: the check warns, and the run's tag says which were refused
+    context.instance.add_run_tags(context.run.run_id, {REFUSED_TAG: ", ".join(refused) or "none"})
+    return dg.AssetCheckResult(
+        passed=not refused,
+        severity=dg.AssetCheckSeverity.WARN,
+        description=f"refused: {', '.join(refused)}" if refused else "no promotion refused",
+        metadata={
+            "decisions": decisions_table(decisions), "refused": dg.MetadataValue.text(", ".join(refused) or "none")
+        },
+    )
 
 
 @dg.op(description="Point `champion` back at an earlier version (by default the previous champion).")
@@ -60,9 +77,12 @@ def rollback_model(
     return dg.Output(str(decision), metadata={"decision": decisions_table([decision])})
 
 
-@dg.job(description="Gated promotion: `champion` moves only to a challenger that beats it; says why otherwise.")
-def promote_champion():
-    promote_models()
+promote_champion = dg.define_asset_job(
+    "promote_champion",
+    selection=dg.AssetSelection.checks(challengers_promoted),
+    description="Gated promotion: `champion` moves only to a challenger that beats it; a refusal is a warning "
+    "of the check `challengers_promoted`, with the reason.",
+)
 
 
 @dg.job(description="Roll `champion` back to an earlier model version.")

@@ -9,7 +9,13 @@ import dagster as dg
 import pytest
 
 from m2m import registry, tracking
-from orchestration.defs.promotion import REFUSED_TAG, promote_champion, rollback_champion
+from orchestration.defs.promotion import (
+    PROMOTION_CHECK,
+    REFUSED_TAG,
+    challengers_promoted,
+    promote_champion,
+    rollback_champion,
+)
 from orchestration.defs.resources import DvcResource, MlflowResource
 from orchestration.defs.sensors import promote_after_evaluation
 from orchestration.recovery import PID_TAG
@@ -34,15 +40,23 @@ def new_version(root, metrics: dict[str, float]) -> str:
 
 def promote(root, metrics: list[str] | None = None, instance=None) -> dg.ExecuteInProcessResult:
     config = {"models": ["m2m-self"], **({"metrics": metrics} if metrics else {})}
-    return promote_champion.execute_in_process(
-        run_config={"ops": {"promote_models": {"config": config}}}, resources=resources(root), raise_on_error=False,
+    defs = dg.Definitions(
+        assets=[dg.AssetSpec("evaluation")], asset_checks=[challengers_promoted], jobs=[promote_champion],
+        resources=resources(root),
+    )
+    return defs.resolve_job_def(promote_champion.name).execute_in_process(
+        run_config={"ops": {f"evaluation_{PROMOTION_CHECK}": {"config": config}}}, raise_on_error=False,
         instance=instance,
     )
 
 
+def check(result: dg.ExecuteInProcessResult):
+    (evaluation,) = result.get_asset_check_evaluations()
+    return evaluation
+
+
 def decisions(result: dg.ExecuteInProcessResult) -> str:
-    (event,) = [e for e in result.all_events if e.is_successful_output]
-    return event.event_specific_data.metadata["decisions"].value
+    return check(result).metadata["decisions"].value
 
 
 def champion() -> str:
@@ -69,6 +83,9 @@ def test_a_refused_promotion_is_tagged_on_its_run(store):
         new_version(store, {"fid": 14, "clip_image_image": 80})
         refused = promote(store, instance=instance)
         assert refused.success and instance.get_run_by_id(refused.run_id).tags[REFUSED_TAG] == "m2m-self"
+        warning = check(refused)  # the run shows a warning, not a plain success
+        assert not warning.passed and warning.severity == dg.AssetCheckSeverity.WARN
+        assert check(accepted).passed
 
 
 def test_promotion_rules_come_from_the_run_config(store):
