@@ -307,6 +307,10 @@ def start_run(config: TrainConfig) -> Run:
         ema, param_names, data, epoch_steps, heldout, stored, total, noise, settings, progress,
     )
     if accelerator.log_with:  # settings as params; the loss, lr and speed below as they happen
+        if os.environ.get("MLFLOW_TRACKING_URI"):  # the store named here, also where mlflow was set up before
+            import mlflow
+
+            mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
         accelerator.init_trackers("m2m", config={**settings, "steps": total, "images_per_step": run.images_per_step})
     logger.info(
         f"training M2M-{cfg.variant} ({cfg.preset}{', task ' + cfg.task if cfg.task else ''}): {total} steps of "

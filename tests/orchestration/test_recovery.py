@@ -112,9 +112,10 @@ def test_a_killed_main_command_comes_back_by_itself(tmp_path):
     killed = next(n for n in ("m2m-self", "m2m-dino") if (root / "assets/models" / f"{n}.ckpt/checkpoint-000002").is_dir())
     second.kill()
     assert "recovered run" in second.output  # the shard run of the first command
-    # 3. killed while a stage is logged to MLflow
+    # 3. killed while training resumed and logs into its open MLflow run
     third = MainCommand(root, "third")
-    third.wait_for(lambda: mlflow_running(root) > 0, "an MLflow run being logged")
+    # (training logs into its MLflow run as it goes: the run is open once training has resumed)
+    third.wait_for(lambda: "resumed from" in third.output and mlflow_running(root) > 0, "a resumed, logged training")
     third.kill()
     assert f"resumed from assets/models/{killed}.ckpt/checkpoint-" in third.output
     # 4. Ctrl-C during fine-tuning stops the command and its children within seconds
