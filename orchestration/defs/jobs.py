@@ -7,6 +7,7 @@ many at once as the ``gpu`` pool allows).
 
 import dagster as dg
 
+from orchestration.defs.promotion import challengers_promoted
 from orchestration.project import project_root
 from orchestration.stages import load_pipeline
 
@@ -34,7 +35,8 @@ def jobs() -> dg.Definitions:
             ),
             dg.define_asset_job(
                 TRAIN_JOB,
-                selection=dg.AssetSelection.all() - upstream,
+                # the promotion check runs in its own job (`promote_champion`; the main command's --no-promote skips it)
+                selection=dg.AssetSelection.all() - upstream - dg.AssetSelection.checks(challengers_promoted),
                 description="Manifest, task data, pre-training, fine-tuning and evaluation, with their checks.",
             ),
         ]

@@ -56,6 +56,9 @@ def test_jobs_sensor_checks_and_resources_are_defined():
     assert {"prepare_captions", "generate_mis_shards", "train_and_evaluate", "promote_champion",
             "rollback_champion"} <= jobs
     assert definitions.resolve_sensor_def("promote_after_evaluation").job_name == "promote_champion"
+    train = definitions.resolve_job_def("train_and_evaluate")
+    checks = {key.name for key in train.asset_layer.asset_graph.asset_check_keys}
+    assert "loss_is_finite" in checks and "challengers_promoted" not in checks  # promotion is its own job
     checks = {(key.asset_key.to_user_string(), key.name) for key in definitions.resolve_asset_graph().asset_check_keys}
     assert ("mis_dataset", "shards_match_manifest") in checks and ("evaluation", "metrics_in_range") in checks
     assert {"compute", "dvc", "mlflow"} <= set(definitions.resources)
