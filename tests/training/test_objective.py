@@ -60,8 +60,9 @@ def test_p_uncond_one_equals_an_all_zero_context(pipe):
     assert not torch.isclose(dropped, kept)  # the context matters, so the equality above means something
 
 
-@pytest.mark.parametrize("condition", ["camera", "procedure"])
-def test_dropped_task_condition_has_no_effect(condition):
+def conditioned_losses(condition: str):
+    """A DINO model fine-tuned for ``condition`` (randomised, so conditions matter), two different task
+    conditions ``a`` and ``b``, and ``loss(conditions, p_uncond, p_drop_condition)`` of eq. 5 on fixed sets."""
     pipe = build_pipeline("tiny", "dino", condition=condition, seed=0)
     give_weight(pipe.unet)
     images = image_sets()
@@ -70,36 +71,30 @@ def test_dropped_task_condition_has_no_effect(condition):
     else:
         a, b = torch.tensor([[1, 2, 3], [4, 5, 6]]), torch.tensor([[7, 8, 9], [2, 3, 4]])
 
-    def loss(conditions, p_drop):
+    def loss(conditions, p_uncond, p_drop):
         with torch.no_grad():
             return m2m_loss(
-                pipe, pipe.scheduler, images, conditions, p_uncond=0.0, p_drop_condition=p_drop, generator=seeded()
+                pipe, pipe.scheduler, images, conditions, p_uncond=p_uncond, p_drop_condition=p_drop,
+                generator=seeded(),
             )
 
-    assert torch.equal(loss(a, 1.0), loss(b, 1.0))
-    assert not torch.isclose(loss(a, 0.0), loss(b, 0.0))
+    return a, b, loss
+
+
+@pytest.mark.parametrize("condition", ["camera", "procedure"])
+def test_dropped_task_condition_has_no_effect(condition):
+    a, b, loss = conditioned_losses(condition)
+    assert torch.equal(loss(a, 0.0, 1.0), loss(b, 0.0, 1.0))
+    assert not torch.isclose(loss(a, 0.0, 0.0), loss(b, 0.0, 0.0))
 
 
 @pytest.mark.parametrize("condition", ["camera", "procedure"])
 def test_a_zeroed_context_drops_its_task_condition_too(condition):
     """Eq. 5's dropout zeroes a set's whole clean condition: context and task condition together (the
     unconditional branch of eq. 7 sees neither)."""
-    pipe = build_pipeline("tiny", "dino", condition=condition, seed=0)
-    give_weight(pipe.unet)
-    images = image_sets()
-    if condition == "camera":
-        a, b = torch.randn(2, 3, 12, generator=seeded(2)), torch.randn(2, 3, 12, generator=seeded(3))
-    else:
-        a, b = torch.tensor([[1, 2, 3], [4, 5, 6]]), torch.tensor([[7, 8, 9], [2, 3, 4]])
-
-    def loss(conditions, p_uncond):
-        with torch.no_grad():
-            return m2m_loss(
-                pipe, pipe.scheduler, images, conditions, p_uncond=p_uncond, p_drop_condition=0.0, generator=seeded()
-            )
-
-    assert torch.equal(loss(a, 1.0), loss(b, 1.0))
-    assert not torch.isclose(loss(a, 0.0), loss(b, 0.0))
+    a, b, loss = conditioned_losses(condition)
+    assert torch.equal(loss(a, 1.0, 0.0), loss(b, 1.0, 0.0))
+    assert not torch.isclose(loss(a, 0.0, 0.0), loss(b, 0.0, 0.0))
 
 
 def test_the_target_is_the_schedulers_parameterisation():
