@@ -86,12 +86,6 @@ def fail_unfinished(experiment_id: str, md5: str) -> None:
     )
 
 
-def numbers(path: Path) -> dict[str, float]:
-    from m2m import tracking
-
-    return tracking.flatten_numbers(json.loads(path.read_text(encoding="utf-8"))) if path.is_file() else {}
-
-
 def start_live_run(stage: Stage, root: Path, dagster_run_id: str) -> str | None:
     """A RUNNING run for a training stage about to run, which its command logs into as it trains (the loss,
     lr and speed at every log step, its settings as params); None for a stage of several models."""
