@@ -40,6 +40,20 @@ def find_executable(root: Path) -> str:
     return found
 
 
+def find_python(root: Path) -> str:
+    """The interpreter DVC runs in: the ``python`` beside the dvc executable, else the one its
+    ``#!`` line names (a pipx or system install)."""
+    executable = Path(find_executable(root))
+    sibling = executable.with_name("python")
+    if sibling.is_file():
+        return str(sibling)
+    with open(executable, "rb") as handle:
+        first = handle.readline().decode("utf-8", "replace").strip()
+    if first.startswith("#!") and Path(first[2:].split()[0]).is_file():
+        return first[2:].split()[0]
+    raise DvcError(f"{executable}: cannot tell which Python runs DVC; set M2M_DVC to .venv-dvc/bin/dvc")
+
+
 class Dvc:
     """The DVC project at ``root``."""
 

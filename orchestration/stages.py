@@ -1,32 +1,32 @@
 """The pipeline as dvc.yaml defines it: stages with their commands, inputs, outputs and parameters.
 
-dvc.yaml is the single definition of every step; this module reads it the way DVC does (parameters
-from params.yaml interpolated into ``${...}``, ``foreach`` expanded to ``stage@item``) so that Dagster
-can run exactly the commands DVC would run and then ``dvc commit`` them. dvc.lock records the
-command DVC resolved, and ``dvc status`` reports any difference, so a divergence cannot go unnoticed.
+dvc.yaml is the single definition of every step, and DVC reads it: ``dvc_index.py`` runs in DVC's own
+interpreter, loads ``Repo(root).index`` (``vars``, ``${}``, ``foreach`` and ``matrix`` resolved by DVC)
+and hands the stages and their graph over as JSON. Dagster then runs exactly the commands DVC would run
+and ``dvc commit``s them; dvc.lock records the resolved command and ``dvc status`` reports any difference.
 
-DVC runs a command through a shell; Dagster runs it as plain words (``command.py``). So that both
-run the same thing and params.yaml cannot smuggle shell code into either, params.yaml is checked
-against its schema (``params.py``), a value pasted into a command must be one plain word, and a
-command may not use shell operators (``;``, ``|``, ``&&``, redirections).
+DVC runs a command through a shell; Dagster runs it as plain words (``command.py``). So that both run
+the same thing and params.yaml cannot smuggle shell code into either, params.yaml is checked against
+its schema (``params.py``), a value DVC pasted into a stage must be one plain word, and a command may
+not use shell operators (``;``, ``|``, ``&&``, redirections).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import re
+import os
 import shlex
+import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
+from orchestration.dvc_cli import DvcError, find_python
 from orchestration.params import WORD, ParamsError, validate
 
-# DVC's interpolation syntax: ${a.b[0]}, with \${ as an escape.
-_EXPRESSION = re.compile(r"(?<!\\)\$\{(?P<inner>.*?)\}")
-_SCALARS = (str, int, float, bool)
+INDEX_SCRIPT = Path(__file__).with_name("dvc_index.py")
 
 
 # What a stage's outputs are: it decides their asset checks, UI reports and MLflow logging.
@@ -39,7 +39,7 @@ class PipelineError(ValueError):
 
 @dataclass(frozen=True)
 class Stage:
-    """One runnable DVC stage (a ``foreach`` item is one stage named ``name@item``)."""
+    """One runnable DVC stage (a ``foreach`` item or ``matrix`` cell is one stage named ``name@item``)."""
 
     name: str
     asset: str
@@ -50,6 +50,7 @@ class Stage:
     params: dict
     desc: str
     meta: dict = field(default_factory=dict)
+    upstream: tuple[str, ...] = ()  # the stages this one depends on, in DVC's graph (``name@item``)
 
     @property
     def role(self) -> str | None:
@@ -60,7 +61,7 @@ class Stage:
 
 @dataclass(frozen=True)
 class StageGroup:
-    """A dvc.yaml stage: one stage, or a ``foreach`` stage with one stage per item (a partition)."""
+    """A dvc.yaml stage: one stage, or a ``foreach``/``matrix`` stage with one stage per item (a partition)."""
 
     asset: str
     stages: tuple[Stage, ...]
@@ -116,34 +117,6 @@ def select(context: dict, expression: str, where: str):
     return value
 
 
-def interpolate(template, context: dict, where: str, embedded: list | None = None):
-    """Resolve ``${...}`` in ``template`` as DVC does: a whole-value expression keeps its type,
-    an embedded one is formatted (booleans as ``true``/``false``)."""
-    if isinstance(template, list):
-        return [interpolate(value, context, f"{where}[{i}]", embedded) for i, value in enumerate(template)]
-    if isinstance(template, dict):
-        return {key: interpolate(value, context, f"{where}.{key}", embedded) for key, value in template.items()}
-    if not isinstance(template, str):
-        return template
-    matches = list(_EXPRESSION.finditer(template))
-    if len(matches) == 1 and matches[0].group(0) == template:
-        return select(context, matches[0]["inner"], where)
-    pieces, start = [], 0
-    for match in matches:
-        value = select(context, match["inner"], where)
-        if not isinstance(value, _SCALARS):
-            raise PipelineError(
-                f"{where}: ${{{match['inner']}}} is a {type(value).__name__}; only scalars can be embedded in text"
-            )
-        text = ("true" if value else "false") if isinstance(value, bool) else str(value)
-        if embedded is not None:
-            embedded.append((match["inner"].strip(), value, where))
-        pieces += [template[start : match.start()], text]
-        start = match.end()
-    pieces.append(template[start:])
-    return "".join(pieces).replace("\\${", "${")
-
-
 def check_command(cmd: str, where: str) -> None:
     """``cmd`` is plain words: a shell and ``shlex.split`` read it alike (no operators, no expansions)."""
     lexer = shlex.shlex(cmd, posix=True, punctuation_chars=True)
@@ -156,120 +129,96 @@ def check_command(cmd: str, where: str) -> None:
         raise PipelineError(f"{where}: uses the shell operator {found!r}; a stage command is one program and its arguments")
 
 
-def _paths(entries, where: str) -> tuple[str, ...]:
-    """Stage ``deps``/``outs``/``metrics`` entries: plain paths or ``{path: options}``."""
-    paths = []
-    for i, entry in enumerate(entries or []):
-        if isinstance(entry, dict) and len(entry) == 1:
-            entry = next(iter(entry))
-        if not isinstance(entry, str) or not entry:
-            raise PipelineError(f"{where}[{i}]: expected a path, got {entry!r}")
-        paths.append(entry)
-    return tuple(paths)
-
-
-def _param_values(keys, params: dict, where: str) -> dict:
-    """The values of a stage's tracked parameters (``section`` or ``section.key``) from params.yaml."""
-    values = {}
-    for i, key in enumerate(keys or []):
-        if not isinstance(key, str):
-            raise PipelineError(f"{where}[{i}]: only params.yaml keys are supported, got {key!r}")
-        values[key] = select(params, key, f"{where}[{i}]")
-    return values
-
-
-def check_word(expression: str, value, where: str) -> None:
-    """A value pasted into text must be one plain word: the same to a shell and to ``shlex``."""
+def check_word(key: str, value, where: str) -> None:
+    """A value pasted into a stage must be one plain word: the same to a shell and to ``shlex``.
+    ``key`` is a params.yaml key or DVC's ``file:key`` for another params file."""
     if isinstance(value, str) and (not WORD.fullmatch(value) or value.startswith("-")):
+        path, _, key = key.rpartition(":") if ":" in key else ("params.yaml", "", key)
         raise PipelineError(
-            f"params.yaml: {expression}: {value!r} cannot be pasted into {where} as one plain "
+            f"{path}: {key}: {value!r} cannot be pasted into {where} as one plain "
             "word (letters, digits and _.,:/+=@%-; no spaces, quotes or shell characters; not starting with -)"
         )
 
 
-def _stage(name: str, asset: str, item: str | None, body: dict, params: dict, strict: bool = True) -> Stage:
+_INDEX_CACHE: dict[Path, tuple[list, dict]] = {}
+
+
+def _fingerprint(root: Path, paths: list[str]) -> list:
+    return [[path, hashlib.sha1((root / path).read_bytes()).hexdigest() if (root / path).is_file() else None]
+            for path in paths]
+
+
+def dvc_index(root: str | Path) -> dict:
+    """DVC's resolved stages of the project at ``root`` (``dvc_index.py``); read again only when one of
+    the files DVC read for them (dvc.yaml, params files, ``vars`` files) has changed."""
+    root = Path(root).resolve()
+    cached = _INDEX_CACHE.get(root)
+    if cached and cached[0] == _fingerprint(root, cached[1]["read"]):
+        return cached[1]
+    try:
+        python = find_python(root)
+    except DvcError as err:
+        raise PipelineError(str(err)) from None
+    proc = subprocess.run([python, str(INDEX_SCRIPT), str(root)], cwd=root, capture_output=True, text=True,
+                          env={**os.environ, "DVC_NO_ANALYTICS": "1"}, check=False)
+    if proc.returncode != 0:
+        lines = [line.strip() for line in proc.stderr.splitlines() if line.strip()] or [f"exit {proc.returncode}"]
+        raise PipelineError(f"dvc.yaml: DVC cannot read the pipeline: {lines[-1]}")
+    index = json.loads(proc.stdout)
+    _INDEX_CACHE[root] = (_fingerprint(root, index["read"]), index)
+    return index
+
+
+def _stage(entry: dict, strict: bool) -> Stage:
+    name = entry["name"]
+    asset, _, item = name.partition("@")
     where = f"dvc.yaml: stages.{name}"
-    context = dict(params) if item is None else {**params, "item": item}
-    embedded: list = []
-    body = interpolate(body, context, where, embedded)
     if strict:
-        for expression, value, field in embedded:
-            check_word(expression, value, field)
-    cmds = body.get("cmd")
-    cmds = [cmds] if isinstance(cmds, str) else cmds
-    if not cmds or not all(isinstance(cmd, str) and cmd.strip() for cmd in cmds):
-        raise PipelineError(f"{where}.cmd: expected a command or a list of commands")
-    for i, cmd in enumerate(cmds if strict else []):
-        check_command(cmd, f"{where}.cmd" + (f"[{i}]" if len(cmds) > 1 else ""))
-    outs = _paths(body.get("outs"), f"{where}.outs") + _paths(body.get("metrics"), f"{where}.metrics")
-    meta = (body.get("meta") or {}).get("dagster") or {}
+        for key, value in entry["pasted"].items():
+            check_word(key, value, where)
+        for i, cmd in enumerate(entry["cmd"]):
+            check_command(cmd, f"{where}.cmd" + (f"[{i}]" if len(entry["cmd"]) > 1 else ""))
+    meta = (entry["meta"] or {}).get("dagster") or {}
     if meta.get("role") not in (None, *ROLES):
         raise PipelineError(f"{where}.meta.dagster.role: expected one of {', '.join(ROLES)}, got {meta.get('role')!r}")
     return Stage(
         name=name,
         asset=asset,
-        item=item,
-        cmds=tuple(cmd.strip() for cmd in cmds),
-        deps=_paths(body.get("deps"), f"{where}.deps"),
-        outs=outs,
-        params=_param_values(body.get("params"), params, f"{where}.params"),
-        desc=" ".join(str(body.get("desc") or "").split()),
+        item=item or None,
+        cmds=tuple(cmd.strip() for cmd in entry["cmd"]),
+        deps=tuple(entry["deps"]),
+        outs=tuple(entry["outs"]),
+        params=entry["params"],
+        desc=" ".join(entry["desc"].split()),
         meta=meta,
+        upstream=tuple(entry["upstream"]),
     )
-
-
-def _items(name: str, foreach, params: dict) -> list[str]:
-    where = f"dvc.yaml: stages.{name}.foreach"
-    items = interpolate(foreach, params, where)
-    if not isinstance(items, list) or not items:
-        raise PipelineError(f"{where}: expected a non-empty list, got {items!r}")
-    for i, item in enumerate(items):
-        if not isinstance(item, str) or not re.fullmatch(r"[A-Za-z0-9_.-]+", item):
-            raise PipelineError(
-                f"{where}[{i}]: expected a name such as \"000001\" (letters, digits, '_', '-', '.'; "
-                f"quote it in params.yaml), got {item!r}"
-            )
-    if len(set(items)) != len(items):
-        raise PipelineError(f"{where}: the list repeats an item: {items}")
-    return items
 
 
 def load_pipeline(root: str | Path, strict: bool = True) -> dict[str, StageGroup]:
     """Every dvc.yaml stage of the project at ``root``, by asset name, in dvc.yaml order.
 
-    ``strict`` (before running anything): params.yaml must fit its schema, pasted values must be plain
-    words, commands must be free of shell operators. The asset graph is built with ``strict=False``, so
-    a bad value fails the materialization that would use it, in one line, instead of the code location.
+    ``strict`` (before running anything): params.yaml must fit its schema, values DVC pasted into a stage
+    must be plain words, commands must be free of shell operators. The asset graph is built with
+    ``strict=False``, so a bad value fails the materialization that would use it, in one line, instead of
+    the code location.
     """
     root = Path(root)
-    dvc_yaml = read_yaml(root / "dvc.yaml")
-    params = read_yaml(root / "params.yaml")
-    try:
-        if strict:
-            validate(params, str(root / "params.yaml"))
-    except ParamsError as err:
-        raise PipelineError(str(err)) from None
-    if "vars" in dvc_yaml:
-        raise PipelineError("dvc.yaml: `vars` is not supported here; keep parameters in params.yaml")
-    stages = dvc_yaml.get("stages")
-    if not isinstance(stages, dict) or not stages:
-        raise PipelineError("dvc.yaml: no `stages`")
-    groups = {}
-    for name, body in stages.items():
-        if not isinstance(body, dict):
-            raise PipelineError(f"dvc.yaml: stages.{name}: expected a mapping")
-        if "foreach" in body:
-            do = body.get("do")
-            if not isinstance(do, dict):
-                raise PipelineError(f"dvc.yaml: stages.{name}.do: expected a mapping")
-            items = _items(name, body["foreach"], params)
-            group = tuple(_stage(f"{name}@{item}", name, item, do, params, strict) for item in items)
-            groups[name] = StageGroup(asset=name, stages=group, partitioned=True)
-        else:
-            stage = _stage(name, name, None, body, params, strict)
-            groups[name] = StageGroup(asset=name, stages=(stage,), partitioned=False)
-    return groups
-
+    if strict:
+        try:
+            validate(read_yaml(root / "params.yaml"), str(root / "params.yaml"))
+        except ParamsError as err:
+            raise PipelineError(str(err)) from None
+    stages = [_stage(entry, strict) for entry in dvc_index(root)["stages"]]
+    if not stages:
+        raise PipelineError(f"{root / 'dvc.yaml'}: no stages")
+    groups: dict[str, list[Stage]] = {}
+    for stage in stages:
+        groups.setdefault(stage.asset, []).append(stage)
+    return {
+        asset: StageGroup(asset=asset, stages=tuple(members), partitioned=members[0].item is not None)
+        for asset, members in groups.items()
+    }
 
 def _covers(outer: str, inner: str) -> bool:
     """True when path ``inner`` is ``outer`` or lies inside it."""
@@ -287,8 +236,7 @@ def producers(groups: dict[str, StageGroup], dep: str) -> list[Stage]:
 
 
 def upstream_assets(groups: dict[str, StageGroup], asset: str) -> list[str]:
-    """The assets whose stage outputs feed ``asset``'s stage, in dvc.yaml order."""
-    deps = {dep for stage in groups[asset].stages for dep in stage.deps}
-    found = {stage.asset for dep in deps for stage in producers(groups, dep)}
+    """The assets whose stages feed ``asset``'s stages in DVC's graph, in dvc.yaml order."""
+    found = {name.partition("@")[0] for stage in groups[asset].stages for name in stage.upstream}
     found.discard(asset)
     return [name for name in groups if name in found]

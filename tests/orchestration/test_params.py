@@ -60,7 +60,7 @@ def run_main(root, monkeypatch, capsys) -> tuple[int, str]:
             lambda root: (root / "params.yaml").write_text(
                 yaml.safe_dump({k: v for k, v in shipped().items() if k != "finetune"})
             ),
-            "${finetune.steps} is not defined in params.yaml",
+            "DVC cannot read the pipeline: failed to parse 'stages.m2m_nvs_finetuned.cmd' in 'dvc.yaml': Could not find 'finetune.steps'",
         ),
     ],
 )

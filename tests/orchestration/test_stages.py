@@ -1,4 +1,4 @@
-"""dvc.yaml read as DVC reads it: interpolation, foreach items, lineage, clear errors."""
+"""dvc.yaml read by DVC itself (vars, foreach, matrix, params files), lineage from DVC's graph, clear errors."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from orchestration.stages import ROLES, PipelineError, interpolate, load_pipeline, upstream_assets
+from orchestration import stages
+from orchestration.stages import ROLES, PipelineError, load_pipeline, upstream_assets
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -57,26 +58,6 @@ def test_every_stage_runs_an_m2m_command_with_params_filled_in():
     assert roles["mis_shards"] == "shards" and set(roles.values()) == set(ROLES)
 
 
-def test_interpolation_keeps_types_of_whole_values_and_formats_embedded_ones():
-    context = {"a": {"b": [1, 2]}, "flag": True, "lr": 1e-4, "name": "x"}
-    assert interpolate("${a.b}", context, "w") == [1, 2]
-    assert interpolate("${a.b[1]}", context, "w") == 2
-    assert interpolate("--lr ${lr} --f ${flag} ${name}-${a.b[0]}", context, "w") == "--lr 0.0001 --f true x-1"
-    assert interpolate(r"keep \${name}", context, "w") == "keep ${name}"
-
-
-@pytest.mark.parametrize(
-    ("template", "message"),
-    [
-        ("${missing.key}", r"stage.cmd: \$\{missing.key\} is not defined in params.yaml"),
-        ("--x ${a.b}", r"stage.cmd: \$\{a.b\} is a list; only scalars can be embedded in text"),
-    ],
-)
-def test_interpolation_errors_name_the_field(template, message):
-    with pytest.raises(PipelineError, match=message):
-        interpolate(template, {"a": {"b": [1]}}, "stage.cmd")
-
-
 def write_project(tmp_path, params: str, stage: str = "") -> None:
     (tmp_path / "params.yaml").write_text(params)
     (tmp_path / "dvc.yaml").write_text(
@@ -86,19 +67,59 @@ def write_project(tmp_path, params: str, stage: str = "") -> None:
     )
 
 
+def test_dvc_resolves_vars_matrix_dict_foreach_and_params_files(tmp_path):
+    (tmp_path / "params.yaml").write_text("lrs: [0.1, 0.2]\nn: 1\n")
+    (tmp_path / "train.yaml").write_text("epochs: 3\n")
+    (tmp_path / "dvc.yaml").write_text(
+        "vars:\n  - prefix: out\nstages:\n"
+        "  make:\n    foreach: {a: {size: 8}, b: {size: 16}}\n    do:\n"
+        "      cmd: m2m make --size ${item.size} --name ${key}\n      outs:\n        - ${prefix}/${key}.txt\n"
+        "  sweep:\n    matrix:\n      lr: ${lrs}\n      bs: [4, 8]\n"
+        "    cmd: m2m train --lr ${item.lr} --bs ${item.bs}\n    deps:\n      - out/a.txt\n"
+        "    params:\n      - n\n      - train.yaml:\n          - epochs\n"
+    )
+    groups = load_pipeline(tmp_path)
+    assert groups["make"].items == ["a", "b"]
+    assert groups["make"].stage("b").cmds == ("m2m make --size 16 --name b",)
+    assert groups["make"].stage("a").outs == ("out/a.txt",)
+    sweep = groups["sweep"]
+    assert sweep.partitioned and sweep.items == ["0.1-4", "0.1-8", "0.2-4", "0.2-8"]
+    assert sweep.stage("0.2-8").cmds == ("m2m train --lr 0.2 --bs 8",)
+    assert sweep.first.params == {"n": 1, "train.yaml:epochs": 3}
+    assert upstream_assets(groups, "sweep") == ["make"]  # DVC's graph: out/a.txt comes from make@a
+    before = sweep.code_version()
+    (tmp_path / "train.yaml").write_text("epochs: 4\n")  # a params file other than params.yaml
+    assert load_pipeline(tmp_path)["sweep"].code_version() != before
+
+
+def test_the_index_is_read_again_only_when_a_file_dvc_read_changes(tmp_path, monkeypatch):
+    write_project(tmp_path, "shards: ['a']\nn: 1\n")
+    calls = []
+    run = stages.subprocess.run
+    monkeypatch.setattr(stages.subprocess, "run", lambda *a, **k: calls.append(a) or run(*a, **k))
+    load_pipeline(tmp_path)
+    load_pipeline(tmp_path)
+    assert len(calls) == 1
+    write_project(tmp_path, "shards: ['a', 'b']\nn: 1\n")
+    assert load_pipeline(tmp_path)["s"].items == ["a", "b"] and len(calls) == 2
+
+
 @pytest.mark.parametrize(
     ("params", "message"),
     [
-        ("shards: [0, 1]\nn: 1\n", r"stages.s.foreach\[0\]: expected a name such as \"000001\""),
-        ("shards: []\nn: 1\n", "stages.s.foreach: expected a non-empty list"),
-        ("shards: ['a', 'a']\nn: 1\n", "repeats an item"),
-        ("shards: ['a']\n", r"\$\{n\} is not defined in params.yaml"),
+        ("shards: ['a']\n", r"dvc.yaml: DVC cannot read the pipeline: .*stages.s@a.cmd.*Could not find 'n'"),
         ("shards: ['a'\nn: 1\n", r"params.yaml: line \d+ not valid YAML"),
     ],
 )
 def test_broken_params_are_one_clear_error(tmp_path, params, message):
     write_project(tmp_path, params)
     with pytest.raises(PipelineError, match=message):
+        load_pipeline(tmp_path)
+
+
+def test_broken_dvc_yaml_is_dvcs_error_with_its_line(tmp_path):
+    write_project(tmp_path, "n: 1\n", "stages:\n  s:\n    cmd: m2m x\n    outs: [${n}/b]\n")
+    with pytest.raises(PipelineError, match=r"DVC cannot read the pipeline: .*'dvc.yaml'.* \(line 4: .*\)"):
         load_pipeline(tmp_path)
 
 
@@ -128,7 +149,7 @@ ONE_STAGE = "stages:\n  s:\n    cmd: {cmd}\n    outs:\n      - out.txt\n"
     ("cmd", "params", "message"),
     [
         ("m2m x --n ${n}", "n: 'a; touch PWNED'\n", r"params.yaml: n: 'a; touch PWNED' cannot be pasted into"),
-        ("m2m x --n ${n}", "n: '$(reboot)'\n", "cannot be pasted into dvc.yaml: stages.s.cmd as one plain word"),
+        ("m2m x --n ${n}", "n: '$(reboot)'\n", "cannot be pasted into dvc.yaml: stages.s as one plain word"),
         ("m2m x --n ${n}", "n: --help\n", "not starting with -"),
         ("m2m x && m2m y", "n: 1\n", "uses the shell operator '&&'"),
         ("m2m x > out.txt", "n: 1\n", "uses the shell operator '>'"),
