@@ -21,8 +21,7 @@ from benchmarks.bench_sampling import build, m2m_seconds_per_image, sd_seconds_p
 
 def check_correctness(device: str) -> dict:
     """Image-Set Attention vs a dense float64 reference (bf16 and fp32), and cached vs uncached sampling."""
-    from m2m.models.attention import image_set_attention
-    from tests.models.test_attention import dense_reference
+    from m2m.models.attention import image_set_attention, masked_attention_reference
 
     out = {}
     torch.manual_seed(0)
@@ -31,7 +30,7 @@ def check_correctness(device: str) -> dict:
     k = torch.randn(b, 1 + n * lq, d, device=device)
     v = torch.randn(b, 1 + n * lq, d, device=device)
     visible = list(range(n))
-    ref = dense_reference(q.cpu(), k.cpu(), v.cpu(), visible, heads, lq)
+    ref = masked_attention_reference(q.cpu(), k.cpu(), v.cpu(), visible, heads, lq)
     for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
         got = image_set_attention(q.to(dtype), k.to(dtype), v.to(dtype), visible, heads, lq).double().cpu()
         out[f"isa_rel_err_{name}"] = ((got - ref).norm() / ref.norm()).item()

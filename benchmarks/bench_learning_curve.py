@@ -35,7 +35,7 @@ def checkpoint_pipeline(folder: Path):
     """The pipeline a run would save at this checkpoint: the preset's model with the checkpoint's weights."""
     from safetensors.torch import load_file
 
-    from m2m.models.build import build_pipeline
+    from m2m.build import build_pipeline
     from m2m.training.checkpoint import read_trainer_state
 
     settings = read_trainer_state(folder)["settings"]

@@ -20,8 +20,8 @@ import torch
 
 
 def weight_shaped_pipeline(variant: str, device: str):
-    from m2m.models.build import build_pipeline
-    from tests.fixtures.weights import write_dino_folder, write_sd_folder
+    from m2m.build import build_pipeline
+    from m2m.weight_folders import write_dino_folder, write_sd_folder
 
     root = Path(tempfile.mkdtemp())
     sd, dino = write_sd_folder(root / "sd"), write_dino_folder(root / "dino")

@@ -106,7 +106,7 @@ MUTATIONS = (
     ),
     Mutation(
         "window-ignored", "m2m/models/attention.py",
-        "n = n_cached if self.state.window is None else min(self.state.window, n_cached)", "n = n_cached",
+        "n = n_cached if window is None else min(window, n_cached)", "n = n_cached",
         ("tests/models/test_unet.py::test_cache_equals_joint_pass",), "the cache ignores the window W",
     ),
     Mutation(

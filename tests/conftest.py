@@ -29,8 +29,8 @@ def fresh_accelerate_state():
 
 @pytest.fixture(scope="session")
 def weights_folder(tmp_path_factory):
-    """A ``weights/`` folder as the sd21 preset expects it, every model weight-shaped (tests/fixtures/weights.py)."""
-    from tests.fixtures.weights import write_weights
+    """A ``weights/`` folder as the sd21 preset expects it, every model weight-shaped (m2m/weight_folders.py)."""
+    from m2m.weight_folders import write_weights
 
     return write_weights(tmp_path_factory.mktemp("weights"))
 
@@ -39,7 +39,7 @@ def weights_folder(tmp_path_factory):
 def tiny_sd_folder(weights_folder):
     """A random StableDiffusionPipeline in SD-2.1-base's layout, saved with SD-2.1-base's PNDM scheduler
     config (the MIS generator swaps in Euler)."""
-    from tests.fixtures.weights import SD_NAME
+    from m2m.weight_folders import SD_NAME
 
     return weights_folder / SD_NAME
 
@@ -47,6 +47,6 @@ def tiny_sd_folder(weights_folder):
 @pytest.fixture(scope="session")
 def tiny_dino_folder(weights_folder):
     """A random DINOv2 (hidden 32, 2 layers, patch 14) in facebook/dinov2-giant's layout."""
-    from tests.fixtures.weights import DINO_NAME
+    from m2m.weight_folders import DINO_NAME
 
     return weights_folder / DINO_NAME

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from m2m.models.build import add_condition, build_pipeline
+from m2m.build import add_condition, build_pipeline
 from m2m.pipeline import M2MPipeline, cfg_eq6, cfg_eq7, load_on
 from tests.models.conftest import randomize_image_set_attention
 

@@ -126,7 +126,7 @@ def test_model_requirements_are_pinned_and_leave_out_the_extras():
 def test_model_folder_logs_as_pyfunc_and_loads_back_to_generate(local_store, monkeypatch):
     import mlflow
 
-    from m2m.models.build import build_pipeline
+    from m2m.build import build_pipeline
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     folder = local_store / "m2m-self-folder"

@@ -41,7 +41,7 @@ def register(subparsers) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from m2m.models.build import build_pipeline
+    from m2m.build import build_pipeline
     from m2m.training.loop import check_model_folder, write_model_folder
 
     check_model_folder(args.out)

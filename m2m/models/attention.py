@@ -13,10 +13,11 @@ that see the same prefix keeps the flash kernel (a dense boolean mask costs ~9x 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from diffusers.models.attention_processor import AttnProcessor2_0
 from torch import nn
 
 
@@ -60,6 +61,23 @@ def image_set_attention(
     return out
 
 
+def masked_attention_reference(q, k, v, visible, heads, tokens):
+    """Eq. 4 written plainly, to check ``image_set_attention`` against: an explicit block-causal mask over
+    every key, in float64 (memory grows with Nq*Lq x Nc*Lk; for tests and benchmarks only)."""
+    b, nq, lq, d = q.shape
+    dh = d // heads
+    qq = q.double().reshape(b, nq * lq, heads, dh).transpose(1, 2)
+    kk = k.double().reshape(b, -1, heads, dh).transpose(1, 2)
+    vv = v.double().reshape(b, -1, heads, dh).transpose(1, 2)
+    scores = qq @ kk.transpose(-1, -2) / dh**0.5
+    allowed = torch.zeros(nq * lq, kk.shape[2], dtype=torch.bool, device=q.device)
+    for i, n in enumerate(visible):
+        allowed[i * lq : (i + 1) * lq, : 1 + n * tokens] = True  # the null token, then n clean images
+    scores = scores.masked_fill(~allowed, float("-inf"))
+    out = scores.softmax(-1) @ vv
+    return out.transpose(1, 2).reshape(b, nq, lq, d)
+
+
 def repeated_context_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, copies: int, heads: int) -> torch.Tensor:
     """Eq. 4 over the null token and ``copies`` identical context images, computed from one copy.
 
@@ -84,9 +102,10 @@ def repeated_context_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
     return o.transpose(1, 2).reshape(batch, n_query, q_len, dim)
 
 
-@dataclass
-class SetState:
-    """What one UNet call carries to every Image-Set Attention layer (set by ``M2MUNet``).
+@dataclass(frozen=True)
+class ImageSetCall:
+    """What one UNet call tells every Image-Set Attention layer, passed as diffusers passes per-call data:
+    ``unet(..., cross_attention_kwargs={"image_set": call})`` reaches each processor as ``image_set``.
 
     mode:
         ``"joint"``   hidden states are ``[clean; noisy]`` along the batch (M2M-Self, training);
@@ -95,16 +114,26 @@ class SetState:
         ``"cached"``  hidden states are noisy only; keys/values come from the stored cache.
     """
 
-    mode: str = "joint"
-    batch: int = 1
+    mode: str
+    batch: int
+    visible: tuple[int, ...] = ()  # for each noisy image, how many clean images it sees (eq. 4's mask)
     n_context: int = 0
-    visible: list[int] = field(default_factory=list)
-    window: int | None = None
+    window: int | None = None  # "cached": the newest W cached images are visible
     keep: int | None = None  # "encode": how many newest images the cache keeps (W); None: all
     null_rows: int = 0  # "cached": the first rows of the batch have a zeroed context (eq. 6's unconditional branch)
-    context: torch.Tensor | None = None
-    cond_query: torch.Tensor | None = None
-    cond_context: torch.Tensor | None = None
+    context: torch.Tensor | None = None  # "context": features (B, Nc, S, D)
+    cond_query: torch.Tensor | None = None  # E(c_C) of the noisy images (B, Nq, condition_dim)
+    cond_context: torch.Tensor | None = None  # E(c_C) of the clean images (B, Nc, condition_dim)
+
+
+class SelfAttnProcessor(AttnProcessor2_0):
+    """The UNet's own self-attention (``attn1``) exactly as diffusers computes it. diffusers hands every
+    ``cross_attention_kwargs`` entry to both attentions of a block; this one takes ``image_set`` and
+    leaves it to Image-Set Attention."""
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None,
+                 image_set: ImageSetCall | None = None):
+        return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
 
 
 class ImageSetAttnProcessor(nn.Module):
@@ -116,7 +145,7 @@ class ImageSetAttnProcessor(nn.Module):
     step and every later auto-regressive step).
     """
 
-    def __init__(self, inner_dim: int, query_dim: int, state: SetState, condition_dim: int | None = None):
+    def __init__(self, inner_dim: int, query_dim: int, condition_dim: int | None = None):
         super().__init__()
         self.null_k = nn.Parameter(torch.randn(inner_dim) * inner_dim**-0.5)
         self.null_v = nn.Parameter(torch.zeros(inner_dim))
@@ -125,7 +154,6 @@ class ImageSetAttnProcessor(nn.Module):
             self.cond_proj = nn.Linear(condition_dim, query_dim)
             nn.init.zeros_(self.cond_proj.weight)
             nn.init.zeros_(self.cond_proj.bias)
-        self.state = state
         self.cache_k: torch.Tensor | None = None  # (B, Nc, L, inner_dim)
         self.cache_v: torch.Tensor | None = None
         self._window_kv: tuple[int, torch.Tensor, torch.Tensor] | None = None
@@ -167,16 +195,20 @@ class ImageSetAttnProcessor(nn.Module):
             self.cache_k, self.cache_v = self.cache_k[:, -keep:], self.cache_v[:, -keep:]
         self._window_kv = None
 
-    def _cached_window(self) -> tuple[torch.Tensor, torch.Tensor, int]:
+    def _cached_window(self, window: int | None) -> tuple[torch.Tensor, torch.Tensor, int]:
         n_cached = self.cache_k.shape[1]
-        n = n_cached if self.state.window is None else min(self.state.window, n_cached)
+        n = n_cached if window is None else min(window, n_cached)
         if self._window_kv is None or self._window_kv[0] != (n_cached, n):
             k, v = self._with_null(self.cache_k[:, n_cached - n :], self.cache_v[:, n_cached - n :])
             self._window_kv = ((n_cached, n), k, v)
         return self._window_kv[1], self._window_kv[2], n
 
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kwargs):
-        s = self.state
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None,
+                 image_set: ImageSetCall | None = None):
+        s = image_set
+        if s is None:
+            raise ValueError("Image-Set Attention needs the call's image set: "
+                             "unet(..., cross_attention_kwargs={'image_set': ImageSetCall(...)}) (M2MUNet does this)")
         batch = s.batch
         if s.mode == "encode":
             self.store(attn, self._add_condition(hidden_states, s.cond_context), batch, s.keep)
@@ -200,7 +232,7 @@ class ImageSetAttnProcessor(nn.Module):
             tokens = 0
         elif s.mode == "cached":
             noisy = hidden_states
-            k, v, _ = self._cached_window()
+            k, v, _ = self._cached_window(s.window)
             tokens = self.cache_k.shape[2]
         else:
             raise ValueError(f"unknown Image-Set Attention mode {s.mode!r}")

@@ -24,7 +24,7 @@ from diffusers.configuration_utils import register_to_config
 from diffusers.models.attention_processor import Attention
 from torch import nn
 
-from m2m.models.attention import ImageSetAttnProcessor, SetState
+from m2m.models.attention import ImageSetAttnProcessor, ImageSetCall, SelfAttnProcessor
 from m2m.models.conditions import build_condition_embedder
 from m2m.models.context import ContextEncoder, context_encoder
 
@@ -63,7 +63,6 @@ class M2MUNet(ModelMixin, ConfigMixin):
     ):
         super().__init__()
         self.unet = UNet2DConditionModel.from_config(_isa_unet_config(unet_config, variant, context_dim))
-        self.state = SetState()
         self.condition_embedder = build_condition_embedder(condition, condition_dim) if condition else None
         self.context_condition = None
         if condition and context_encoder(variant).external:  # v = v_0 + E_c(c_C)
@@ -75,13 +74,13 @@ class M2MUNet(ModelMixin, ConfigMixin):
             if ".attn2." in name:
                 attn = self.unet.get_submodule(name.removesuffix(".processor"))
                 processors[name] = ImageSetAttnProcessor(
-                    attn.inner_dim, attn.query_dim, self.state, condition_dim if condition else None
+                    attn.inner_dim, attn.query_dim, condition_dim if condition else None
                 )
                 # Image-Set Attention starts as a no-op: the pre-trained UNet's prediction is untouched.
                 nn.init.zeros_(attn.to_out[0].weight)
                 nn.init.zeros_(attn.to_out[0].bias)
             else:
-                processors[name] = proc
+                processors[name] = SelfAttnProcessor()
         self.unet.set_attn_processor(processors)
 
     # -- construction ---------------------------------------------------------------------------
@@ -155,12 +154,10 @@ class M2MUNet(ModelMixin, ConfigMixin):
         long the sequence grows.
         """
         batch, n_context = context.shape[:2]
-        s = self.state
-        s.batch, s.n_context, s.cond_context, s.keep = batch, n_context, cond_context, keep
         if not self.context_encoder.external:
-            s.mode = "encode"
+            call = ImageSetCall("encode", batch, n_context=n_context, keep=keep, cond_context=cond_context)
             t0 = torch.zeros(batch * n_context, device=context.device, dtype=torch.long)
-            self.unet(context.flatten(0, 1), t0, encoder_hidden_states=None)
+            self.unet(context.flatten(0, 1), t0, encoder_hidden_states=None, cross_attention_kwargs={"image_set": call})
         else:
             features = self._condition_features(context, cond_context).flatten(0, 1)
             for attn, proc in self.image_set_layers():
@@ -195,33 +192,29 @@ class M2MUNet(ModelMixin, ConfigMixin):
         batch, n_query = noisy.shape[:2]
         t = torch.as_tensor(timestep, device=noisy.device)
         t = (t.expand(batch) if t.ndim == 0 else t).repeat_interleave(n_query)
-        s = self.state
-        s.batch, s.cond_query, s.cond_context, s.window, s.context = batch, cond_query, cond_context, window, None
-        s.null_rows = null_context_rows
         sample = noisy.flatten(0, 1)
         n_clean = 0
+        conditions = {"cond_query": cond_query, "cond_context": cond_context}
         if context is None:
-            s.mode = "cached"
             n_visible = self.n_cached if window is None else min(window, self.n_cached)
-            s.visible = visible if visible is not None else [n_visible] * n_query
-            if max(s.visible, default=0) > self.n_cached:
-                raise ValueError(f"a noisy image cannot see {max(s.visible)} images: {self.n_cached} are cached")
+            visible = tuple(visible) if visible is not None else (n_visible,) * n_query
+            if max(visible, default=0) > self.n_cached:
+                raise ValueError(f"a noisy image cannot see {max(visible)} images: {self.n_cached} are cached")
+            call = ImageSetCall("cached", batch, visible, window=window, null_rows=null_context_rows, **conditions)
         else:
             n_context = context.shape[1]
-            s.n_context = n_context
-            s.visible = visible if visible is not None else list(range(n_query))
-            if max(s.visible, default=0) > n_context:
-                raise ValueError(f"a noisy image cannot see {max(s.visible)} of {n_context} context images")
+            visible = tuple(visible) if visible is not None else tuple(range(n_query))
+            if max(visible, default=0) > n_context:
+                raise ValueError(f"a noisy image cannot see {max(visible)} of {n_context} context images")
             if not self.context_encoder.external:
-                s.mode = "joint"
+                call = ImageSetCall("joint", batch, visible, n_context=n_context, **conditions)
                 n_clean = batch * n_context
                 sample = torch.cat([context.flatten(0, 1).to(sample.dtype), sample], 0)
                 t = torch.cat([torch.zeros(n_clean, dtype=t.dtype, device=t.device), t])
             else:
-                s.mode = "context"
-                s.context = self._condition_features(context, cond_context)
-        # The state stays set after the call: gradient checkpointing re-runs the layers in backward.
-        out = self.unet(sample, t, encoder_hidden_states=None).sample
+                features = self._condition_features(context, cond_context)
+                call = ImageSetCall("context", batch, visible, n_context=n_context, context=features, **conditions)
+        out = self.unet(sample, t, encoder_hidden_states=None, cross_attention_kwargs={"image_set": call}).sample
         return out[n_clean:].unflatten(0, (batch, n_query))
 
 

@@ -48,7 +48,7 @@ def live_tracker() -> str | None:
 
 def load_pipeline(cfg: TrainConfig):
     """The pipeline to train: ``--init`` or fresh from the preset, with the task condition added."""
-    from m2m.models.build import add_condition, build_pipeline
+    from m2m.build import add_condition, build_pipeline
     from m2m.models.context import context_encoder
     from m2m.pipeline import M2MPipeline
 

@@ -8,7 +8,7 @@ import shutil
 import pytest
 
 from m2m.cli import main
-from tests.fixtures.weights import CLIP_NAME, DINO_NAME, SD_NAME
+from m2m.weight_folders import CLIP_NAME, DINO_NAME, SD_NAME
 
 
 @pytest.fixture

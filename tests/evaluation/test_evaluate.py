@@ -17,7 +17,7 @@ from m2m.data.shards import build_manifest, write_shard
 from m2m.evaluation import evaluate as ev
 from m2m.evaluation.features import load_feature_networks
 from m2m.evaluation.image_sets import EvalSet
-from m2m.models.build import build_pipeline
+from m2m.build import build_pipeline
 
 CAPTIONS = ["red circles on stripes", "ocean boxes polka", "forest stars gradient"]
 SETTINGS = dict(preceding=2, generate=3, steps=2, guidance_scale=2.0, seed=0, batch_size=2)

@@ -1,23 +1,7 @@
 import pytest
 import torch
 
-from m2m.models.attention import image_set_attention, repeated_context_attention
-
-
-def dense_reference(q, k, v, visible, heads, tokens):
-    """Eq. 4 with an explicit block-causal mask, in float64."""
-    b, nq, lq, d = q.shape
-    dh = d // heads
-    qq = q.double().reshape(b, nq * lq, heads, dh).transpose(1, 2)
-    kk = k.double().reshape(b, -1, heads, dh).transpose(1, 2)
-    vv = v.double().reshape(b, -1, heads, dh).transpose(1, 2)
-    scores = qq @ kk.transpose(-1, -2) / dh**0.5
-    allowed = torch.zeros(nq * lq, kk.shape[2], dtype=torch.bool)
-    for i, n in enumerate(visible):
-        allowed[i * lq : (i + 1) * lq, : 1 + n * tokens] = True  # the null token, then n clean images
-    scores = scores.masked_fill(~allowed, float("-inf"))
-    out = scores.softmax(-1) @ vv
-    return out.transpose(1, 2).reshape(b, nq, lq, d)
+from m2m.models.attention import image_set_attention, masked_attention_reference, repeated_context_attention
 
 
 @pytest.mark.parametrize("visible", [[0, 1, 2, 3], [3], [2, 2, 0], [0]])
@@ -28,7 +12,7 @@ def test_matches_dense_masked_attention(visible):
     k = torch.randn(b, 1 + nc * lk, d)
     v = torch.randn(b, 1 + nc * lk, d)
     out = image_set_attention(q, k, v, visible, heads, lk)
-    ref = dense_reference(q, k, v, visible, heads, lk)
+    ref = masked_attention_reference(q, k, v, visible, heads, lk)
     assert torch.allclose(out.double(), ref, atol=1e-5)
 
 
@@ -41,7 +25,7 @@ def test_one_copy_with_log_w_equals_w_identical_context_images(copies):
     null_k, null_v, block_k, block_v = torch.randn(b, 1, d), torch.randn(b, 1, d), torch.randn(b, lk, d), torch.randn(b, lk, d)
     k = torch.cat([null_k, *[block_k] * copies], 1)
     v = torch.cat([null_v, *[block_v] * copies], 1)
-    ref = dense_reference(q, k, v, [copies, copies], heads, lk)
+    ref = masked_attention_reference(q, k, v, [copies, copies], heads, lk)
     out = repeated_context_attention(q, torch.cat([null_k, block_k], 1), torch.cat([null_v, block_v], 1), copies, heads)
     assert torch.allclose(out.double(), ref, atol=1e-5)
     if copies > 1:  # the bias is what makes it exact: one copy alone is another attention

@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from m2m.models.build import build_pipeline
+from m2m.build import build_pipeline
 from m2m.models.context import CONTEXT_ENCODERS, DINO, SELF, ContextEncoder, context_encoder, register_context_encoder
 from m2m.pipeline import M2MPipeline, load_on
 from tests.models.conftest import randomize_image_set_attention

@@ -128,7 +128,7 @@ def test_bad_inputs(sd_unet, tmp_path):
 def test_sd21_model_from_weight_folders_saves_and_loads(tiny_sd_folder, tiny_dino_folder, tmp_path, variant):
     """An sd21 model built from a local SD folder (whose config carries the folder as a Path) saves
     as JSON and loads back with the same weights."""
-    from m2m.models.build import build_pipeline
+    from m2m.build import build_pipeline
     from m2m.pipeline import M2MPipeline
 
     pipe = build_pipeline("sd21", variant, sd_folder=tiny_sd_folder, dino_folder=tiny_dino_folder)
@@ -138,3 +138,21 @@ def test_sd21_model_from_weight_folders_saves_and_loads(tiny_sd_folder, tiny_din
     assert "_name_or_path" not in loaded.unet.config.unet_config
     for name, weight in pipe.unet.state_dict().items():
         assert torch.equal(loaded.unet.state_dict()[name], weight), name
+
+
+def test_the_call_data_reaches_every_attention_as_an_argument(sd_unet, caplog):
+    """``image_set`` travels in diffusers' ``cross_attention_kwargs``: attn1 takes it without diffusers'
+    "not expected" warning, and Image-Set Attention without it is a one-line error, not a stale state."""
+    from diffusers.utils import logging as diffusers_logging
+
+    model = M2MUNet.from_sd_unet(sd_unet, "self")
+    noisy, context = torch.randn(1, 2, 3, 32, 32), torch.randn(1, 2, 3, 32, 32)
+    diffusers_logging.enable_propagation()
+    try:
+        with caplog.at_level("WARNING"), torch.no_grad():
+            model(noisy, 5, context=context)
+    finally:
+        diffusers_logging.disable_propagation()
+    assert not [r for r in caplog.records if "cross_attention_kwargs" in r.getMessage()]
+    with pytest.raises(ValueError, match="Image-Set Attention needs the call's image set"), torch.no_grad():
+        model.unet(noisy.flatten(0, 1), torch.tensor([5, 5]), encoder_hidden_states=None)

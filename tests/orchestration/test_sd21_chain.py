@@ -1,5 +1,5 @@
 """The sd21 preset end to end on weight-shaped folders: params-sd21.yaml with only counts and sizes scaled
-down, the weights written by tests/fixtures/weights.py, the whole chain through Dagster with training in
+down, the weights written by m2m/weight_folders.py, the whole chain through Dagster with training in
 2 DDP processes (gloo on the CPU); DVC clean after, a second run a no-op. docs/pipeline.md walks through it."""
 
 from __future__ import annotations

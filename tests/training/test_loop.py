@@ -140,7 +140,7 @@ def test_logs_settings_and_the_loss_into_the_mlflow_run_it_is_given(mis, tmp_pat
 
 def test_the_loop_trains_with_its_dropout_settings(mis, procedure_data, tmp_path):
     """--p-uncond and --p-drop-condition reach eq. 5: the weights after one step depend on them."""
-    from m2m.models.build import build_pipeline
+    from m2m.build import build_pipeline
 
     def trained(name, **settings):
         loop.train(config(tmp_path / name, data=mis, steps=1, ema=False, **settings))
@@ -156,7 +156,7 @@ def test_the_loop_trains_with_its_dropout_settings(mis, procedure_data, tmp_path
 
 
 def test_task_fine_tuning_resumes_exactly(procedure_data, tmp_path):
-    from m2m.models.build import build_pipeline
+    from m2m.build import build_pipeline
 
     init = tmp_path / "pretrained"
     build_pipeline("tiny", "dino", seed=0).save_pretrained(init)

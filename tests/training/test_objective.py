@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from m2m.models.build import build_pipeline
+from m2m.build import build_pipeline
 from m2m.training.objective import clean_context, m2m_loss
 
 

@@ -96,7 +96,7 @@ def test_training_encodes_and_says_so_once_without_them(plain_mis, tmp_path, tin
 
 def test_stored_encodings_give_the_context_encoding_gives(encoded_mis, tiny_sd_folder, tiny_dino_folder):
     from m2m.data.loader import mis_loader
-    from m2m.models.build import build_pipeline
+    from m2m.build import build_pipeline
 
     pipe = build_pipeline("sd21", "dino", sd_folder=tiny_sd_folder, dino_folder=tiny_dino_folder)
     batch = next(iter(mis_loader(encoded_mis, batch_size=2, n_images=3, shuffle=0, precomputed=True)))

@@ -9,6 +9,7 @@ import torch
 from m2m.models import presets
 from m2m.models.context import context_encoder
 from m2m.models.unet import M2MUNet, load_sd_unet
+from m2m.pipeline import M2MPipeline
 
 
 def _context_encoder(variant: str, preset: str, folder: Path):
@@ -61,8 +62,6 @@ def build_pipeline(
     ``dino_folder``: the local weights folder the external context encoder is built from (``sd21``),
     DINOv2's for M2M-DINO.
     """
-    from m2m.pipeline import M2MPipeline
-
     if preset == "tiny":
         parts = _tiny_components(variant, condition, seed)
     elif preset == "sd21":
