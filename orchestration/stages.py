@@ -148,13 +148,44 @@ def _fingerprint(root: Path, paths: list[str]) -> list:
             for path in paths]
 
 
+def _disk_cache(root: Path) -> Path | None:
+    """Where processes of one project share DVC's reading (Dagster runs a step per process)."""
+    return root / ".dvc" / "tmp" / "m2m-stages.json" if (root / ".dvc").is_dir() else None
+
+
+def _cached(root: Path) -> dict | None:
+    entry = _INDEX_CACHE.get(root)
+    if entry is None and (path := _disk_cache(root)) and path.is_file():
+        try:
+            saved = json.loads(path.read_text(encoding="utf-8"))
+            entry = (saved["fingerprint"], saved["index"])
+        except (OSError, ValueError, KeyError, TypeError):
+            entry = None
+    if entry and entry[0] == _fingerprint(root, entry[1]["read"]):
+        _INDEX_CACHE[root] = entry
+        return entry[1]
+    return None
+
+
+def _remember(root: Path, index: dict) -> None:
+    entry = (_fingerprint(root, index["read"]), index)
+    _INDEX_CACHE[root] = entry
+    if path := _disk_cache(root):
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(json.dumps({"fingerprint": entry[0], "index": index}), encoding="utf-8")
+            os.replace(tmp, path)
+        except OSError:  # a read-only checkout still works, from memory
+            tmp.unlink(missing_ok=True)
+
+
 def dvc_index(root: str | Path) -> dict:
     """DVC's resolved stages of the project at ``root`` (``dvc_index.py``); read again only when one of
     the files DVC read for them (dvc.yaml, params files, ``vars`` files) has changed."""
     root = Path(root).resolve()
-    cached = _INDEX_CACHE.get(root)
-    if cached and cached[0] == _fingerprint(root, cached[1]["read"]):
-        return cached[1]
+    if (index := _cached(root)) is not None:
+        return index
     try:
         python = find_python(root)
     except DvcError as err:
@@ -165,7 +196,7 @@ def dvc_index(root: str | Path) -> dict:
         lines = [line.strip() for line in proc.stderr.splitlines() if line.strip()] or [f"exit {proc.returncode}"]
         raise PipelineError(f"dvc.yaml: DVC cannot read the pipeline: {lines[-1]}")
     index = json.loads(proc.stdout)
-    _INDEX_CACHE[root] = (_fingerprint(root, index["read"]), index)
+    _remember(root, index)
     return index
 
 

@@ -31,16 +31,21 @@ def test_cached_sampler_equals_uncached(pipe, images):
 
 
 def test_the_cache_holds_at_most_the_window(pipe, images, monkeypatch):
-    """Memory stays flat along a sequence: images that left the window W are dropped from the cache."""
+    """Memory stays flat along a 50-image sequence: images that left the window W are dropped from the cache."""
     sizes, encode = [], pipe.unet.encode_context
+
+    def cache_bytes() -> int:
+        return sum(t.numel() * t.element_size() for _, proc in pipe.unet.image_set_layers()
+                   for t in (proc.cache_k, proc.cache_v) if t is not None)
 
     def recording(*args, **kwargs):
         encode(*args, **kwargs)
-        sizes.append(pipe.unet.n_cached)
+        sizes.append((pipe.unet.n_cached, cache_bytes()))
 
     monkeypatch.setattr(pipe.unet, "encode_context", recording)
-    sample(pipe, images, num_images=8, window=2, num_inference_steps=1)
-    assert sizes == [2] * 8  # the 3 given images, then 7 generated ones join: never more than W
+    sample(pipe, images, num_images=50, window=2, num_inference_steps=1)
+    assert len(sizes) == 50 and {n for n, _ in sizes} == {2}  # the 3 given images, then 49 generated ones
+    assert len({size for _, size in sizes}) == 1 and sizes[0][1] > 0  # the same bytes from the first to the last
     monkeypatch.undo()
     cached = sample(pipe, images, num_images=4, window=2, guidance_scale=3.0)
     assert torch.allclose(cached, sample(pipe, images, num_images=4, window=2, guidance_scale=3.0, use_cache=False), atol=1e-5)

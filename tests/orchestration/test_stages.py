@@ -102,6 +102,14 @@ def test_the_index_is_read_again_only_when_a_file_dvc_read_changes(tmp_path, mon
     assert len(calls) == 1
     write_project(tmp_path, "shards: ['a', 'b']\nn: 1\n")
     assert load_pipeline(tmp_path)["s"].items == ["a", "b"] and len(calls) == 2
+    (tmp_path / ".dvc").mkdir()  # a DVC project: another process (a Dagster step) reads it from disk
+    stages._INDEX_CACHE.clear()
+    load_pipeline(tmp_path)
+    stages._INDEX_CACHE.clear()
+    assert load_pipeline(tmp_path)["s"].items == ["a", "b"] and len(calls) == 3
+    (tmp_path / "params.yaml").write_text("shards: ['c']\nn: 1\n")
+    stages._INDEX_CACHE.clear()
+    assert load_pipeline(tmp_path)["s"].items == ["c"] and len(calls) == 4
 
 
 @pytest.mark.parametrize(
