@@ -21,7 +21,7 @@ import torch
 from accelerate.logging import get_logger
 
 from m2m.files import atomic_folder
-from m2m.training import checkpoint
+from m2m.training import checkpoint, flops
 from m2m.training.config import TrainConfig
 from m2m.training.data import check_mis, data_digest, heldout_sets, stored_encodings, training_data
 from m2m.training.objective import clean_context, m2m_loss
@@ -185,24 +185,30 @@ def resume(cfg: TrainConfig, accelerator, settings: dict, data, noise, ema, para
 # The measured keys of ``train_metrics.json`` (MLflow metrics); every other key is a setting (an MLflow param).
 MEASUREMENTS = (
     "steps", "final_loss", "loss_last_10pct", "images_per_s", "s_per_step", "wall_time_s", "epochs", "params",
-    "resumed_from", "skipped_samples", "skipped_shard_parts",
+    "resumed_from", "skipped_samples", "skipped_shard_parts", "flops_per_image", "peak_flops", "mfu",
 )
 
 
 def train_metrics(
-    cfg: TrainConfig, accelerator, pipe, progress: Progress, epoch_steps: int, settings: dict, data, stored=()
+    cfg: TrainConfig, accelerator, pipe, progress: Progress, epoch_steps: int, settings: dict, data, stored=(),
+    use: Utilisation | None = None,
 ) -> dict:
     """``train_metrics.json``: loss, speed, size and the settings of the run (``stored``: the encodings read
-    from the shards rather than computed)."""
+    from the shards rather than computed; ``use``: FLOPs per image and the device's peak)."""
     losses, step, train_s = progress.losses, progress.step, progress.train_s
     position = data.state_dict()
     tail = losses[-max(1, len(losses) // 10) :]
     images = step * cfg.batch_size * cfg.n_images
+    images_per_s = images / train_s if train_s else None
+    counted = use is not None and use.flops_per_image is not None
     return {
         "steps": step,
         "final_loss": losses[-1] if losses else None,
         "loss_last_10pct": sum(tail) / len(tail) if tail else None,
-        "images_per_s": images / train_s if train_s else None,
+        "images_per_s": images_per_s,
+        "flops_per_image": use.flops_per_image if counted else None,
+        "peak_flops": use.peak if use is not None else None,
+        "mfu": use.of(images_per_s) if counted and images_per_s else None,
         "s_per_step": train_s / step if step else None,
         "wall_time_s": progress.elapsed_s,
         "epochs": step / epoch_steps,
@@ -221,6 +227,20 @@ def train_metrics(
         "stored_encodings": list(stored),
         **settings,
     }
+
+
+@dataclass
+class Utilisation:
+    """FLOPs per trained image (counted on the run's first micro-step) against this device's matmul peak."""
+
+    peak: float
+    processes: int
+    flops_per_image: float | None = None
+
+    def of(self, images_per_s: float) -> float | None:
+        """MFU at ``images_per_s`` (all processes together)."""
+        return None if self.flops_per_image is None else flops.mfu(self.flops_per_image, images_per_s, self.peak,
+                                                                   self.processes)
 
 
 @dataclass
@@ -244,6 +264,7 @@ class Run:
     noise: torch.Generator
     settings: dict
     progress: Progress
+    use: Utilisation
 
     @property
     def images_per_step(self) -> int:
@@ -302,9 +323,11 @@ def start_run(config: TrainConfig) -> Run:
     progress = resume(cfg, accelerator, settings, data, noise, ema, param_names)
     if progress.step > total:
         logger.info(f"the checkpoint is at step {progress.step}, past --steps {total}: nothing to train")
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
+    use = Utilisation(flops.matmul_peak(device, dtype), accelerator.num_processes)
     run = Run(
         cfg, accelerator, pipe, prepared, optimizer, lr_scheduler, DDPMScheduler.from_config(pipe.scheduler.config),
-        ema, param_names, data, epoch_steps, heldout, stored, total, noise, settings, progress,
+        ema, param_names, data, epoch_steps, heldout, stored, total, noise, settings, progress, use,
     )
     if accelerator.log_with:  # settings as params; the loss, lr and speed below as they happen
         if os.environ.get("MLFLOW_TRACKING_URI"):  # the store named here, also where mlflow was set up before
@@ -342,6 +365,28 @@ def micro_step(run: Run, batch: dict) -> tuple[torch.Tensor, float]:
         run.lr_scheduler.step()
         run.optimizer.zero_grad(set_to_none=True)
     return loss.detach(), step_lr
+
+
+def flops_per_image(run: Run, batch: dict) -> float:
+    """The model FLOPs of eq. 5 per trained image, counted on ``batch`` by a forward pass (the frozen encoders
+    once, the UNet three times: its backward costs about twice its forward). The run's random streams and
+    weights are left as they were, so the counted run trains exactly as an uncounted one."""
+    cfg, device = run.cfg, run.accelerator.device
+    images = batch["images"].to(device)
+    conditions = batch["cond"].to(device) if cfg.task is not None else None
+    noise = torch.Generator(device).set_state(run.noise.get_state())
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices), torch.no_grad(), run.accelerator.autocast():
+        with flops.counting() as counter:
+            context = clean_context(run.pipe, images, *(batch.get(name) for name in run.stored))
+        encoders = counter.get_total_flops()
+        with flops.counting() as counter:
+            m2m_loss(
+                run.pipe, run.noise_scheduler, images, conditions, p_uncond=cfg.p_uncond,
+                p_drop_condition=cfg.p_drop_condition, generator=noise, precomputed=context, snr_gamma=cfg.snr_gamma,
+            )
+    z0 = context[0]  # (B, N, C, h, w): the images of the micro-batch
+    return (encoders + 3 * counter.get_total_flops()) / (z0.shape[0] * z0.shape[1])
 
 
 def end_step(run: Run, micro_losses: list[torch.Tensor]) -> float:
@@ -384,7 +429,10 @@ def steps(run: Run) -> None:
         t_run = t_step = t_log = time.perf_counter()
         micro_losses, log_from, batches = [], progress.step, iter(run.data)
         while progress.step < total:
-            loss, step_lr = micro_step(run, next(batches))
+            batch = next(batches)
+            if run.use.flops_per_image is None:
+                run.use.flops_per_image = flops_per_image(run, batch)
+            loss, step_lr = micro_step(run, batch)
             micro_losses.append(loss)
             if not accelerator.sync_gradients:  # accumulating: the optimizer step comes later
                 continue
@@ -397,8 +445,10 @@ def steps(run: Run) -> None:
             if progress.step % cfg.log_every == 0 or progress.step == total:
                 window = progress.losses[log_from:]
                 mean, speed = sum(window) / len(window), run.images_per_step * len(window) / (now - t_log)
-                logger.info(f"step {progress.step}/{total} loss {mean:.4f} img/s {speed:.1f} lr {step_lr:.2e}")
-                accelerator.log({"loss": mean, "lr": step_lr, "images_per_s": speed}, step=progress.step)
+                use = run.use.of(speed)
+                logger.info(f"step {progress.step}/{total} loss {mean:.4f} img/s {speed:.1f} MFU {use:.1%} "
+                            f"of {run.use.peak / 1e9:.0f} GFLOP/s lr {step_lr:.2e}")
+                accelerator.log({"loss": mean, "lr": step_lr, "images_per_s": speed, "mfu": use}, step=progress.step)
                 t_log, log_from = now, progress.step
             if cfg.checkpoint_every and (progress.step % cfg.checkpoint_every == 0 or progress.step == total):
                 save(run, time.perf_counter() - t_run)
@@ -421,7 +471,7 @@ def finish(run: Run) -> dict | None:
         unet.eval()
         grid = sample_grid(run.pipe, cfg, *run.heldout)
         metrics = train_metrics(
-            cfg, accelerator, run.pipe, run.progress, run.epoch_steps, run.settings, run.data, run.stored
+            cfg, accelerator, run.pipe, run.progress, run.epoch_steps, run.settings, run.data, run.stored, run.use
         )
         write_model_folder(cfg.out, run.pipe, metrics, run.progress.losses, grid)
         logger.info(f"wrote {cfg.out}: final loss {metrics['final_loss']}, {metrics['images_per_s'] or 0:.1f} img/s")

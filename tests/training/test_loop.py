@@ -83,6 +83,8 @@ def test_writes_the_model_folder(mis, tmp_path):
     assert saved == json.loads(json.dumps(metrics))
     assert saved["steps"] == 4 and saved["variant"] == "self" and saved["params"]["unet"] > 0
     assert saved["images_per_s"] > 0 and saved["wall_time_s"] > 0
+    assert saved["flops_per_image"] > 0 and saved["peak_flops"] > 0  # MFU, as the log lines print it
+    assert saved["mfu"] == pytest.approx(saved["flops_per_image"] * saved["images_per_s"] / saved["peak_flops"])
     n_train = json.loads((mis / "manifest.json").read_text())["split"]["train"]
     assert saved["epochs"] == pytest.approx(4 / math.ceil(n_train / 2))
     rows = (out / "loss.csv").read_text().splitlines()
