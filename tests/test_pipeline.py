@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from m2m.build import add_condition, build_pipeline
-from m2m.pipeline import M2MPipeline, cfg_eq6, cfg_eq7, load_on
+from m2m.pipeline import Guidance, M2MPipeline, cfg_eq6, cfg_eq7, load_on
 from tests.models.conftest import randomize_image_set_attention
 
 
@@ -109,6 +109,59 @@ def test_guidance_arithmetic():
     assert torch.equal(cfg_eq6(u, c, 1.0), u + 1.0 * (c - u))
     assert torch.allclose(cfg_eq7(u, c, b, 3.0, 2.0), u + 3.0 * (c - u) + 2.0 * (b - c))
     assert torch.allclose(cfg_eq7(u, c, b, 7.5, 0.0), cfg_eq6(u, c, 7.5))
+
+
+def test_eq7_scales_default_to_s_and_one():
+    """s_I and s_C of eq. 7 default to s and 1 (the pipeline's docstring), each given one wins."""
+    emb = torch.zeros(1, 2, 4)
+    defaults = Guidance.choose(2.5, None, None, emb)
+    assert (defaults.s_img, defaults.s_cond) == (2.5, 1.0)
+    given = Guidance.choose(2.5, 3.0, 0.5, emb)
+    assert (given.s_img, given.s_cond) == (3.0, 0.5)
+
+
+def test_eq6_attends_to_one_copy_of_the_zeroed_context(pipe, images, monkeypatch):
+    """With the cache, eq. 6's unconditional branch leads the batch and attends to its W identical zeroed
+    context images as one (+ log W); without guidance (s = 1) there is no such branch."""
+    import m2m.models.attention as attention
+
+    copies, attend = [], attention.repeated_context_attention
+
+    def spy(q, k, v, n, heads):
+        copies.append(n)
+        return attend(q, k, v, n, heads)
+
+    monkeypatch.setattr(attention, "repeated_context_attention", spy)
+    sample(pipe, images, guidance_scale=3.0)  # K = 3 given images: every generated one sees W = 2
+    assert copies and set(copies) == {2}
+    copies.clear()
+    sample(pipe, images, guidance_scale=1.0)
+    assert not copies
+
+
+def test_the_cache_computes_each_context_image_once(pipe, images, monkeypatch):
+    """With the cache, each context image is encoded once, when it enters the window W; the uncached
+    baseline encodes the W visible ones at every DDIM step."""
+    calls, context_of = [], pipe._context_of
+    monkeypatch.setattr(pipe, "_context_of", lambda *args: calls.append(1) or context_of(*args))
+    sample(pipe, images)  # K = 3, W = 2, 3 images of 4 steps
+    assert len(calls) == 2 + 2  # the last 2 given images, then the first 2 generated ones (not the last)
+    calls.clear()
+    sample(pipe, images, use_cache=False)
+    assert len(calls) == 3 * 4 * 2
+
+
+def test_a_generated_image_fed_back_continues_the_sequence(images):
+    """Generating two images equals generating one, then one more with the first given back as an input
+    image: the output is the image the sampler goes on from, mapped from [-1, 1] to [0, 1]."""
+    pipe = build_pipeline("tiny", "dino")  # its context is computed from the pixels
+    randomize_image_set_attention(pipe.unet, std=0.1)
+    both = sample(pipe, images, num_images=2)
+    generator = torch.Generator().manual_seed(0)
+    kwargs = {"window": 2, "num_inference_steps": 4, "output_type": "pt", "progress": False, "generator": generator}
+    first = pipe(images, num_images=1, **kwargs).images
+    second = pipe(torch.cat([images, first * 2 - 1], 1), num_images=1, **kwargs).images
+    assert torch.allclose(torch.cat([first, second], 1), both, atol=1e-5)
 
 
 def test_no_input_images(pipe):
