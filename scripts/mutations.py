@@ -240,8 +240,7 @@ def generate(only: str | None = None) -> list[Mutant]:
                     continue
                 found = ((node, e) for stmt in fn.body for node in sites(stmt) for e in edits(node, source, at))
                 for n, (node, changes) in enumerate(found, 1):
-                    lines = (node.lineno, node.end_lineno)
-                    mutants.append(Mutant(f"{target.module}:{name}#{n}", target, lines, changes))
+                    mutants.append(Mutant(f"{target.module}:{name}#{n}", target, (node.lineno, node.end_lineno), changes))
                     ast.parse(mutants[-1].apply(source))  # still Python
     return mutants
 
