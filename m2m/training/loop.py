@@ -343,15 +343,17 @@ def start_run(config: TrainConfig) -> Run:
     return run
 
 
-def micro_step(run: Run, batch: dict) -> tuple[torch.Tensor, float]:
+def micro_step(run: Run, batch: dict, context: tuple | None = None) -> tuple[torch.Tensor, float]:
     """Eq. 5 on one micro-batch, backward, and (when the accumulation is complete) the optimizer step;
-    returns the loss and the learning rate the step used."""
+    returns the loss and the learning rate the step used. ``context``: the batch's clean context when it
+    was already encoded (``flops_per_image``)."""
     cfg, accelerator, device = run.cfg, run.accelerator, run.accelerator.device
     images = batch["images"].to(device, non_blocking=True)
     conditions = batch["cond"].to(device) if cfg.task is not None else None
     with accelerator.accumulate(run.prepared):
-        with torch.no_grad(), accelerator.autocast():
-            context = clean_context(run.pipe, images, *(batch.get(name) for name in run.stored))
+        if context is None:
+            with torch.no_grad(), accelerator.autocast():
+                context = clean_context(run.pipe, images, *(batch.get(name) for name in run.stored))
         loss = m2m_loss(
             run.pipe, run.noise_scheduler, images, conditions, p_uncond=cfg.p_uncond,
             p_drop_condition=cfg.p_drop_condition, generator=run.noise, precomputed=context, unet=run.prepared,
@@ -367,10 +369,11 @@ def micro_step(run: Run, batch: dict) -> tuple[torch.Tensor, float]:
     return loss.detach(), step_lr
 
 
-def flops_per_image(run: Run, batch: dict) -> float:
+def flops_per_image(run: Run, batch: dict) -> tuple[float, tuple]:
     """The model FLOPs of eq. 5 per trained image, counted on ``batch`` by a forward pass (the frozen encoders
-    once, the UNet three times: its backward costs about twice its forward). The run's random streams and
-    weights are left as they were, so the counted run trains exactly as an uncounted one."""
+    once, the UNet three times: its backward costs about twice its forward), and the batch's clean context,
+    which the step then uses rather than encoding the batch again. The run's random streams and weights are
+    left as they were (the encoders draw nothing), so the counted run trains exactly as an uncounted one."""
     cfg, device = run.cfg, run.accelerator.device
     images = batch["images"].to(device)
     conditions = batch["cond"].to(device) if cfg.task is not None else None
@@ -386,7 +389,7 @@ def flops_per_image(run: Run, batch: dict) -> float:
                 p_drop_condition=cfg.p_drop_condition, generator=noise, precomputed=context, snr_gamma=cfg.snr_gamma,
             )
     z0 = context[0]  # (B, N, C, h, w): the images of the micro-batch
-    return (encoders + 3 * counter.get_total_flops()) / (z0.shape[0] * z0.shape[1])
+    return (encoders + 3 * counter.get_total_flops()) / (z0.shape[0] * z0.shape[1]), context
 
 
 def end_step(run: Run, micro_losses: list[torch.Tensor]) -> float:
@@ -429,10 +432,10 @@ def steps(run: Run) -> None:
         t_run = t_step = t_log = time.perf_counter()
         micro_losses, log_from, batches = [], progress.step, iter(run.data)
         while progress.step < total:
-            batch = next(batches)
+            batch, context = next(batches), None
             if run.use.flops_per_image is None:
-                run.use.flops_per_image = flops_per_image(run, batch)
-            loss, step_lr = micro_step(run, batch)
+                run.use.flops_per_image, context = flops_per_image(run, batch)
+            loss, step_lr = micro_step(run, batch, context)
             micro_losses.append(loss)
             if not accelerator.sync_gradients:  # accumulating: the optimizer step comes later
                 continue

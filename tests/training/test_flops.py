@@ -41,7 +41,7 @@ def test_flops_per_image_are_a_forward_and_backward_of_eq5_per_image():
     pipe = build_pipeline("tiny", "self", seed=0)
     run, batch = counted_run(pipe, batch_size=2)
     noise_state, rng_state = run.noise.get_state(), torch.get_rng_state()
-    per_image = loop.flops_per_image(run, batch)
+    per_image, context = loop.flops_per_image(run, batch)
     assert torch.equal(noise_state, run.noise.get_state()) and torch.equal(rng_state, torch.get_rng_state())
     with flops.counting() as counter:  # what a training step really computes, backward included
         loss = m2m_loss(pipe, run.noise_scheduler, batch["images"], p_uncond=0.0, generator=run.noise)
@@ -49,4 +49,5 @@ def test_flops_per_image_are_a_forward_and_backward_of_eq5_per_image():
     pipe.unet.zero_grad(set_to_none=True)
     assert per_image == pytest.approx(counter.get_total_flops() / 6, rel=0.05)  # 2 sets x 3 images
     bigger, batch = counted_run(pipe, batch_size=4)
-    assert loop.flops_per_image(bigger, batch) == pytest.approx(per_image, rel=1e-6)  # per image, whatever the batch
+    assert context[0].shape[:2] == (2, 3)  # the batch's clean context, for the step to use
+    assert loop.flops_per_image(bigger, batch)[0] == pytest.approx(per_image, rel=1e-6)  # whatever the batch
