@@ -127,7 +127,7 @@ def fail_live_run(run_id: str | None, reason: str) -> None:
 def split_train_metrics(train_metrics: dict) -> tuple[dict[str, float], dict[str, str]]:
     """``train_metrics.json`` as (measurements -> MLflow metrics, settings -> MLflow params)."""
     from m2m import tracking
-    from m2m.training.loop import MEASUREMENTS
+    from m2m.training.metrics import MEASUREMENTS
 
     measured = tracking.flatten_numbers({k: v for k, v in train_metrics.items() if k in MEASUREMENTS})
     settings = {k: str(v) for k, v in train_metrics.items() if k not in MEASUREMENTS}

@@ -1,8 +1,9 @@
 """How much of the machine a training run uses: FLOPs per image against a measured matmul peak.
 
-The FLOPs of one micro-step (forward and backward of eq. 5, the frozen encoders included, recomputation under
-gradient checkpointing included) are counted once, by torch's ``FlopCounterMode`` on the run's first
-micro-step; the peak is a dense matmul in the run's precision timed on the run's device with its threads.
+The FLOPs of eq. 5 per image are counted once, by torch's ``FlopCounterMode`` over a forward pass on the run's
+first micro-batch (the frozen encoders once, the UNet three times for its forward and backward; recomputation
+under gradient checkpointing is not counted: ``loop.flops_per_image``); the peak is a dense matmul in the run's
+precision timed on the run's device with its threads.
 Their ratio at the logged speed is the run's model-FLOP utilisation (MFU, as nanoGPT reports it), printed on
 every log line and kept in ``train_metrics.json``.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import torch
 
@@ -43,7 +45,7 @@ def _sync(device: torch.device) -> None:
 
 @contextmanager
 def counting():
-    """Count the FLOPs of the block; ``total()`` of the yielded object reads them afterwards."""
+    """Count the FLOPs of the block; ``get_total_flops()`` of the yielded counter reads them afterwards."""
     from torch.utils.flop_counter import FlopCounterMode
 
     counter = FlopCounterMode(display=False)
@@ -54,3 +56,17 @@ def counting():
 def mfu(flops_per_image: float, images_per_s: float, peak: float, processes: int = 1) -> float:
     """The fraction of ``processes`` devices' peak that ``images_per_s`` (all processes together) uses."""
     return flops_per_image * images_per_s / (peak * processes)
+
+
+@dataclass
+class Utilisation:
+    """FLOPs per trained image (counted on the run's first micro-batch) against this device's matmul peak."""
+
+    peak: float
+    processes: int
+    flops_per_image: float | None = None
+
+    def of(self, images_per_s: float) -> float | None:
+        """MFU at ``images_per_s`` (all processes together)."""
+        return None if self.flops_per_image is None else mfu(self.flops_per_image, images_per_s, self.peak,
+                                                             self.processes)

@@ -24,6 +24,7 @@ from m2m.files import atomic_folder
 from m2m.training import checkpoint, flops
 from m2m.training.config import TrainConfig
 from m2m.training.data import check_mis, data_digest, heldout_sets, stored_encodings, training_data
+from m2m.training.metrics import train_metrics
 from m2m.training.objective import clean_context, m2m_loss
 from m2m.weights import verify_safetensors
 
@@ -182,67 +183,6 @@ def resume(cfg: TrainConfig, accelerator, settings: dict, data, noise, ema, para
     return Progress(saved["step"], saved["losses"], saved["elapsed_s"], saved["train_s"], saved["step"])
 
 
-# The measured keys of ``train_metrics.json`` (MLflow metrics); every other key is a setting (an MLflow param).
-MEASUREMENTS = (
-    "steps", "final_loss", "loss_last_10pct", "images_per_s", "s_per_step", "wall_time_s", "epochs", "params",
-    "resumed_from", "skipped_samples", "skipped_shard_parts", "flops_per_image", "peak_flops", "mfu",
-)
-
-
-def train_metrics(
-    cfg: TrainConfig, accelerator, pipe, progress: Progress, epoch_steps: int, settings: dict, data, stored=(),
-    use: Utilisation | None = None,
-) -> dict:
-    """``train_metrics.json``: loss, speed, size and the settings of the run (``stored``: the encodings read
-    from the shards rather than computed; ``use``: FLOPs per image and the device's peak)."""
-    losses, step, train_s = progress.losses, progress.step, progress.train_s
-    position = data.state_dict()
-    tail = losses[-max(1, len(losses) // 10) :]
-    images = step * cfg.batch_size * cfg.n_images
-    images_per_s = images / train_s if train_s else None
-    counted = use is not None and use.flops_per_image is not None
-    return {
-        "steps": step,
-        "final_loss": losses[-1] if losses else None,
-        "loss_last_10pct": sum(tail) / len(tail) if tail else None,
-        "images_per_s": images_per_s,
-        "flops_per_image": use.flops_per_image if counted else None,
-        "peak_flops": use.peak if use is not None else None,
-        "mfu": use.of(images_per_s) if counted and images_per_s else None,
-        "s_per_step": train_s / step if step else None,
-        "wall_time_s": progress.elapsed_s,
-        "epochs": step / epoch_steps,
-        "params": {
-            "unet": sum(p.numel() for p in pipe.unet.parameters()),
-            "frozen": sum(p.numel() for m in (pipe.vae, pipe.image_encoder) if m is not None for p in m.parameters()),
-        },
-        "resumed_from": progress.resumed_from,
-        "skipped_samples": position.get("corrupt", 0),
-        "skipped_shard_parts": position.get("read_errors", 0),
-        "device": str(accelerator.device),
-        "num_processes": accelerator.num_processes,
-        "gradient_accumulation": accelerator.gradient_accumulation_steps,
-        "mixed_precision": cfg.mixed_precision,
-        "gradient_checkpointing": cfg.gradient_checkpointing,
-        "stored_encodings": list(stored),
-        **settings,
-    }
-
-
-@dataclass
-class Utilisation:
-    """FLOPs per trained image (counted on the run's first micro-step) against this device's matmul peak."""
-
-    peak: float
-    processes: int
-    flops_per_image: float | None = None
-
-    def of(self, images_per_s: float) -> float | None:
-        """MFU at ``images_per_s`` (all processes together)."""
-        return None if self.flops_per_image is None else flops.mfu(self.flops_per_image, images_per_s, self.peak,
-                                                                   self.processes)
-
-
 @dataclass
 class Run:
     """Everything one training run holds between its steps."""
@@ -264,7 +204,7 @@ class Run:
     noise: torch.Generator
     settings: dict
     progress: Progress
-    use: Utilisation
+    use: flops.Utilisation
 
     @property
     def images_per_step(self) -> int:
@@ -324,7 +264,7 @@ def start_run(config: TrainConfig) -> Run:
     if progress.step > total:
         logger.info(f"the checkpoint is at step {progress.step}, past --steps {total}: nothing to train")
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
-    use = Utilisation(flops.matmul_peak(device, dtype), accelerator.num_processes)
+    use = flops.Utilisation(flops.matmul_peak(device, dtype), accelerator.num_processes)
     run = Run(
         cfg, accelerator, pipe, prepared, optimizer, lr_scheduler, DDPMScheduler.from_config(pipe.scheduler.config),
         ema, param_names, data, epoch_steps, heldout, stored, total, noise, settings, progress, use,
@@ -343,22 +283,39 @@ def start_run(config: TrainConfig) -> Run:
     return run
 
 
+def inputs(run: Run, batch: dict) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """A micro-batch's images and (fine-tuning) task conditions on the run's device."""
+    device = run.accelerator.device
+    images = batch["images"].to(device, non_blocking=True)
+    return images, batch["cond"].to(device) if run.cfg.task is not None else None
+
+
+def encode(run: Run, batch: dict, images: torch.Tensor) -> tuple:
+    """The micro-batch's clean context (stored encodings where the shards have them), as eq. 5 reads it."""
+    with torch.no_grad(), run.accelerator.autocast():
+        return clean_context(run.pipe, images, *(batch.get(name) for name in run.stored))
+
+
+def eq5(run: Run, images, conditions, context, generator: torch.Generator, unet=None) -> torch.Tensor:
+    """Eq. 5 with the run's condition dropout and loss weighting."""
+    cfg = run.cfg
+    return m2m_loss(
+        run.pipe, run.noise_scheduler, images, conditions, p_uncond=cfg.p_uncond,
+        p_drop_condition=cfg.p_drop_condition, generator=generator, precomputed=context, unet=unet,
+        snr_gamma=cfg.snr_gamma,
+    )
+
+
 def micro_step(run: Run, batch: dict, context: tuple | None = None) -> tuple[torch.Tensor, float]:
     """Eq. 5 on one micro-batch, backward, and (when the accumulation is complete) the optimizer step;
     returns the loss and the learning rate the step used. ``context``: the batch's clean context when it
     was already encoded (``flops_per_image``)."""
-    cfg, accelerator, device = run.cfg, run.accelerator, run.accelerator.device
-    images = batch["images"].to(device, non_blocking=True)
-    conditions = batch["cond"].to(device) if cfg.task is not None else None
+    cfg, accelerator = run.cfg, run.accelerator
+    images, conditions = inputs(run, batch)
     with accelerator.accumulate(run.prepared):
         if context is None:
-            with torch.no_grad(), accelerator.autocast():
-                context = clean_context(run.pipe, images, *(batch.get(name) for name in run.stored))
-        loss = m2m_loss(
-            run.pipe, run.noise_scheduler, images, conditions, p_uncond=cfg.p_uncond,
-            p_drop_condition=cfg.p_drop_condition, generator=run.noise, precomputed=context, unet=run.prepared,
-            snr_gamma=cfg.snr_gamma,
-        )
+            context = encode(run, batch, images)
+        loss = eq5(run, images, conditions, context, run.noise, unet=run.prepared)
         accelerator.backward(loss)
         if accelerator.sync_gradients:
             accelerator.clip_grad_norm_(run.prepared.parameters(), cfg.max_grad_norm)
@@ -374,20 +331,16 @@ def flops_per_image(run: Run, batch: dict) -> tuple[float, tuple]:
     once, the UNet three times: its backward costs about twice its forward), and the batch's clean context,
     which the step then uses rather than encoding the batch again. The run's random streams and weights are
     left as they were (the encoders draw nothing), so the counted run trains exactly as an uncounted one."""
-    cfg, device = run.cfg, run.accelerator.device
-    images = batch["images"].to(device)
-    conditions = batch["cond"].to(device) if cfg.task is not None else None
+    device = run.accelerator.device
+    images, conditions = inputs(run, batch)
     noise = torch.Generator(device).set_state(run.noise.get_state())
     devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices), torch.no_grad(), run.accelerator.autocast():
+    with torch.random.fork_rng(devices=devices):
         with flops.counting() as counter:
-            context = clean_context(run.pipe, images, *(batch.get(name) for name in run.stored))
+            context = encode(run, batch, images)
         encoders = counter.get_total_flops()
-        with flops.counting() as counter:
-            m2m_loss(
-                run.pipe, run.noise_scheduler, images, conditions, p_uncond=cfg.p_uncond,
-                p_drop_condition=cfg.p_drop_condition, generator=noise, precomputed=context, snr_gamma=cfg.snr_gamma,
-            )
+        with flops.counting() as counter, torch.no_grad(), run.accelerator.autocast():
+            eq5(run, images, conditions, context, noise)
     z0 = context[0]  # (B, N, C, h, w): the images of the micro-batch
     return (encoders + 3 * counter.get_total_flops()) / (z0.shape[0] * z0.shape[1]), context
 
