@@ -6,6 +6,42 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 
+# Under pytest-xdist (scripts/test.sh runs one worker per core) each worker, and every command it
+# starts, gets its share of the cores: tiny models gain nothing from more threads, and oversubscribed
+# cores made them several times slower.
+WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if WORKERS > 1:
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // WORKERS)))
+
+# Test modules that share a session fixture, run on one worker so that it is built once: the whole
+# chain materialized by the main command (tests/orchestration/conftest.py).
+SAME_WORKER = {
+    "tests/orchestration/test_materialize.py": "chain",
+    "tests/orchestration/test_pipeline.py": "chain",
+}
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """``--dist loadscope``: a test module is one unit of work (its module fixtures are built once),
+    modules in ``SAME_WORKER`` one unit together."""
+    if config.getvalue("dist") != "loadscope":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ByModule(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return SAME_WORKER.get(module, module)
+
+    return ByModule(config, log)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Modules with slow tests first (with ``--no-loadscope-reorder`` the workers take them first), so
+    the longest work is never left for the end."""
+    slow = {item.module.__name__ for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.module.__name__ not in slow)
+
 
 @pytest.fixture(scope="module")
 def one_thread():
