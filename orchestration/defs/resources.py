@@ -68,14 +68,16 @@ class ComputeResource(dg.ConfigurableResource):
         ``--multi_gpu`` is what makes Accelerate start several processes at all: without it a CPU run
         is one process whatever ``--num_processes`` says; with it and ``ACCELERATE_USE_CPU`` the
         processes train on the CPU over gloo. ``accelerate launch`` hands its own ``--mixed_precision``
-        to the processes, so the compute dtype is passed on explicitly. The result is a plain command
-        line (``shlex.split`` gives back the words).
+        to the processes, so the compute dtype is passed on explicitly. ``--main_process_port 0`` has
+        Accelerate take a free port, so two trainings on one host never fight over its default 29500.
+        The result is a plain command line (``shlex.split`` gives back the words).
         """
         words = shlex.split(cmd)
         if self.num_processes > 1 and words[:2] == ["m2m", "train"]:
             launcher = [
                 "accelerate", "launch", "--multi_gpu", "--num_processes", str(self.num_processes),
-                "--num_machines", "1", "--mixed_precision", DTYPES[self.dtype], "--dynamo_backend", "no",
+                "--num_machines", "1", "--main_process_port", "0", "--mixed_precision", DTYPES[self.dtype],
+                "--dynamo_backend", "no",
                 "-m", "m2m",
             ]
             return shlex.join(launcher + words[1:])

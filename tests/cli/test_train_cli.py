@@ -131,7 +131,9 @@ def test_two_processes_train_data_parallel(mis, tmp_path):
     """What `accelerate launch --num_processes 2 -m m2m train` runs, on two CPU processes (gloo)."""
     out = tmp_path / "m"
     env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "m2m", "train"]
+    # --standalone: a free port, as the resource's `--main_process_port 0` (tests may run side by side)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    command += ["-m", "m2m", "train"]
     args = ["--data", str(mis), "--out", str(out), "--batch-size", "4", "--steps", "2", "--n-images", "3"]
     args += ["--sample-steps", "1"]
     result = subprocess.run([*command, *args], capture_output=True, text=True, env=env, timeout=300)

@@ -36,6 +36,7 @@ def test_training_runs_under_accelerate_launch_with_several_processes():
     assert launched[:2] == ["accelerate", "launch"] and "--multi_gpu" in launched
     assert launched[launched.index("--num_processes") + 1] == "4"
     assert launched[launched.index("--mixed_precision") + 1] == "bf16"
+    assert launched[launched.index("--main_process_port") + 1] == "0"  # a free port: no clash on one host
     assert launched[-9:] == ["-m", "m2m", "train", "--preset", "sd21", "--variant", "self", "--out", "assets/models/m2m self"]
     evaluate = "m2m evaluate --model assets/models/m2m-self"
     assert ComputeResource(num_processes=4).launch(evaluate) == evaluate
