@@ -21,11 +21,26 @@ def _context_encoder(variant: str, preset: str, folder: Path):
     return image_encoder, encoder.width(image_encoder)
 
 
-def _tiny_components(variant: str, condition: str | None, seed: int):
+def tiny_unet_config(overrides: dict | None = None) -> dict:
+    """``presets.TINY_UNET`` with ``overrides`` (UNet2DConditionModel config entries, e.g. a wider
+    ``block_out_channels``); an entry the UNet does not take is a ValueError naming it."""
+    import inspect
+
+    from diffusers import UNet2DConditionModel
+
+    overrides = dict(overrides or {})
+    known = set(inspect.signature(UNet2DConditionModel.__init__).parameters) - {"self"}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise ValueError(f"{unknown[0]!r} is not a UNet2DConditionModel config entry")
+    return {**presets.TINY_UNET, **overrides}
+
+
+def _tiny_components(variant: str, condition: str | None, seed: int, unet_config: dict | None = None):
     from diffusers import DDIMScheduler, UNet2DConditionModel
 
     torch.manual_seed(seed)
-    sd_unet = UNet2DConditionModel.from_config(presets.TINY_UNET)  # stands in for SD's weights
+    sd_unet = UNet2DConditionModel.from_config(tiny_unet_config(unet_config))  # stands in for SD's weights
     settings = presets.PRESET_SETTINGS["tiny"]
     image_encoder, context_dim = _context_encoder(variant, "tiny", None)
     unet = M2MUNet.from_sd_unet(sd_unet, variant, context_dim=context_dim, condition=condition, **settings)
@@ -56,14 +71,18 @@ def build_pipeline(
     seed: int = 0,
     sd_folder: str | Path = presets.SD21_FOLDER,
     dino_folder: str | Path = presets.DINO_FOLDER,
+    unet_config: dict | None = None,
 ):
     """A fresh M2M pipeline: ``tiny`` (random SD stand-in, CPU) or ``sd21`` (SD-2.1-base weights).
 
     ``dino_folder``: the local weights folder the external context encoder is built from (``sd21``),
-    DINOv2's for M2M-DINO.
+    DINOv2's for M2M-DINO. ``unet_config``: entries that replace ``presets.TINY_UNET``'s (``tiny``
+    only: the ``sd21`` UNet is SD-2.1-base's own).
     """
+    if unet_config and preset != "tiny":
+        raise ValueError(f"a UNet config is for the tiny preset; the {preset} UNet comes with its weights")
     if preset == "tiny":
-        parts = _tiny_components(variant, condition, seed)
+        parts = _tiny_components(variant, condition, seed, unet_config)
     elif preset == "sd21":
         parts = _sd21_components(variant, condition, sd_folder, dino_folder)
     else:

@@ -21,6 +21,9 @@ Presets:
 
 --condition adds a zero-initialised task-condition embedder (section 6.2): camera (novel views) or
 procedure (step positions).
+
+--unet-config (tiny only) is a JSON object of UNet2DConditionModel config entries that replace the tiny
+preset's, e.g. {"block_out_channels": [64, 128, 128]} for a wider UNet; `m2m train --init` trains it.
 """
 
 
@@ -35,7 +38,30 @@ def register(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0, help="seed of the random weights (tiny) and new layers")
     parser.add_argument("--sd-folder", type=Path, default=presets.SD21_FOLDER, help="SD-2.1-base folder (sd21)")
     parser.add_argument("--dino-folder", type=Path, default=presets.DINO_FOLDER, help="DINOv2 folder (sd21, dino)")
+    parser.add_argument("--unet-config", type=Path, help="JSON file of UNet config entries replacing tiny's")
     return parser
+
+
+def read_unet_config(path: Path | None) -> dict | None:
+    """The JSON object in ``path``; a ValueError naming the file when it is not one, or names an entry
+    the UNet does not take."""
+    import json
+
+    from m2m.build import tiny_unet_config
+
+    if path is None:
+        return None
+    try:
+        config = json.loads(Path(path).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not JSON ({err.msg}, line {err.lineno})") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"{path}: expected a JSON object of UNet config entries")
+    try:
+        tiny_unet_config(config)
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from None
+    return config
 
 
 def run(args: argparse.Namespace) -> int:
@@ -44,11 +70,12 @@ def run(args: argparse.Namespace) -> int:
     from m2m.build import build_pipeline
     from m2m.training.loop import check_model_folder, write_model_folder
 
+    unet_config = read_unet_config(args.unet_config)
     check_model_folder(args.out)
     torch.manual_seed(args.seed)
     pipe = build_pipeline(
         args.preset, args.variant, condition=args.condition, seed=args.seed,
-        sd_folder=args.sd_folder, dino_folder=args.dino_folder,
+        sd_folder=args.sd_folder, dino_folder=args.dino_folder, unet_config=unet_config,
     )
     write_model_folder(args.out, pipe)
     n_params = sum(p.numel() for p in pipe.unet.parameters())

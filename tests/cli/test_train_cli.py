@@ -73,6 +73,37 @@ def test_init_then_train_then_resume(mis, tmp_path, capsys):
     assert len((out / "loss.csv").read_text().splitlines()) == 1 + 3
 
 
+def test_init_takes_a_unet_config_and_train_trains_it(mis, tmp_path):
+    """A pilot's architecture (docs/model.md) is plain data: the folder has it, and training keeps it."""
+    config, init, out = tmp_path / "wide.json", tmp_path / "init", tmp_path / "m2m-dino"
+    config.write_text(json.dumps({"block_out_channels": [48, 96, 96], "norm_num_groups": 16}))
+    assert main(["init", "--variant", "dino", "--unet-config", str(config), "--out", str(init)]) == 0
+    args = ["train", "--variant", "dino", "--init", str(init), "--data", str(mis), "--out", str(out), *TINY_RUN]
+    assert main(args) == 0
+    unet = M2MPipeline.from_pretrained(out).unet.unet.config
+    assert list(unet.block_out_channels) == [48, 96, 96] and unet.norm_num_groups == 16
+
+
+@pytest.mark.parametrize(
+    ("text", "preset", "message"),
+    [
+        ('{"block_out": [64]}', "tiny", "'block_out' is not a UNet2DConditionModel config entry"),
+        ("[64, 128]", "tiny", "expected a JSON object of UNet config entries"),
+        ('{"block_out_channels": [64, 128, 128}', "tiny", "not JSON"),
+        ('{"block_out_channels": [64, 128, 128]}', "sd21", "a UNet config is for the tiny preset"),
+    ],
+)
+def test_a_bad_unet_config_is_one_line_and_writes_nothing(tmp_path, capsys, text, preset, message):
+    config, out = tmp_path / "unet.json", tmp_path / "init"
+    config.write_text(text)
+    assert main(["init", "--preset", preset, "--unet-config", str(config), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err, err
+    if preset == "tiny":
+        assert str(config) in err
+    assert not out.exists()
+
+
 def test_fine_tunes_a_model_on_procedures(tmp_path):
     data, init, out = tmp_path / "procedure", tmp_path / "init", tmp_path / "m2m-dino-procedure"
     assert main(["make-task-data", "--kind", "procedure", "--out", str(data), "--count", "2"]) == 0
