@@ -7,7 +7,9 @@ weights the run would save at that step (its EMA weights when the run keeps an E
 
 Scores are kept per checkpoint in ``results/learning_curve_<variant>.json``: a rerun scores only the
 checkpoints it has not seen (a run still training can be scored as it goes). Writes
-``results/learning_curve.png`` and the "Learning curve" section of ``RESULTS.md``.
+``results/learning_curve.png`` and the "Learning curve" section of ``RESULTS.md``. A pilot (a run from
+an ``m2m init --unet-config`` folder, say) is scored under ``--label NAME``: ``learning_curve_NAME.json``
+and ``.png`` and a section of its own, so the main curve stays as it is.
 
     m2m train --variant dino --data assets/bench/learning/mis --out assets/bench/long/m2m-dino ...  # README
     python benchmarks/bench_learning_curve.py --checkpoints assets/bench/long/m2m-dino.ckpt
@@ -39,9 +41,14 @@ def checkpoint_pipeline(folder: Path):
     from m2m.training.checkpoint import read_trainer_state
 
     settings = read_trainer_state(folder)["settings"]
-    if settings.get("init") or settings.get("task"):
+    if settings.get("task"):
         raise ValueError(f"{folder}: a fine-tuning checkpoint; this curve is for pre-training runs")
-    pipe = build_pipeline(settings["preset"], settings["variant"], seed=settings["seed"])
+    if settings.get("init"):  # pre-training from a folder: its architecture (m2m init --unet-config)
+        from m2m.pipeline import M2MPipeline
+
+        pipe = M2MPipeline.from_pretrained(settings["init"], dtype=torch.float32)
+    else:
+        pipe = build_pipeline(settings["preset"], settings["variant"], seed=settings["seed"])
     weights = folder / ("ema.safetensors" if settings.get("ema") else "model.safetensors")
     state = load_file(weights)
     missing, unexpected = pipe.unet.load_state_dict(state, strict=False)
@@ -71,11 +78,12 @@ def train_command(settings: dict, data: Path) -> str:
     """The ``m2m train`` options a run's checkpoints record (the ones that shape its weights)."""
     flags = ["variant", "batch_size", "n_images", "lr", "lr_schedule", "lr_warmup_steps", "snr_gamma", "ema_decay",
              "seed", "steps"]
+    flags = ["init", *flags]
     words = [f"--{k.replace('_', '-')} {settings[k]}" for k in flags if settings.get(k) is not None]
     return f"m2m train --data {data} " + " ".join(words) + ("" if settings.get("ema") else " --no-ema")
 
 
-def plot(curves: dict[str, list[dict]]) -> Path:
+def plot(curves: dict[str, list[dict]], name: str = "learning_curve.png") -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -91,24 +99,25 @@ def plot(curves: dict[str, list[dict]]) -> Path:
         ax.grid(alpha=0.3)
         ax.legend(loc="upper left", fontsize=8)
     fig.tight_layout()
-    path = RESULTS / "learning_curve.png"
+    path = RESULTS / name
     save_atomic(fig, path)
     plt.close(fig)
     return path
 
 
-def section(report: dict) -> str:
-    lines = [SECTION, "", f"`python benchmarks/bench_learning_curve.py {report['settings']['argv']}` on "
+def section(report: dict, heading: str = SECTION, stem: str = "learning_curve") -> str:
+    raw = f"results/{stem}.json" if stem != "learning_curve" else "results/learning_curve_<variant>.json"
+    lines = [heading, "", f"`python benchmarks/bench_learning_curve.py {report['settings']['argv']}` on "
              f"{report['machine']}: every checkpoint of one run, scored on {report['settings']['sets']} held-out "
              f"sets x {report['settings']['generate']} generated images (K = 4, DDIM {report['settings']['steps']}; "
-             "the judge of the proof of learning). Raw numbers: `results/learning_curve_<variant>.json`.", ""]
+             f"the judge of the proof of learning). Raw numbers: `{raw}`.", ""]
     for variant, run in report["runs"].items():
         lines += [f"{VARIANT_NAMES[variant]}, trained by `{run['command']}`:", "",
                   "| step | images seen | CPU hours | palette | shape | texture | score |", "|---" * 7 + "|"]
         lines += [f"| {r['step']} | {r['images_seen']:,} | {r['train_hours']:.2f} | "
                   + " | ".join(f"{r[k]:.2f}" for k in (*ATTRIBUTES, "score")) + " |" for r in run["rows"]]
         lines.append("")
-    lines += ["![consistency of each checkpoint against images seen](results/learning_curve.png)", ""]
+    lines += [f"![consistency of each checkpoint against images seen](results/{stem}.png)", ""]
     return "\n".join(lines)
 
 
@@ -121,7 +130,10 @@ def parse_args(argv):
     parser.add_argument("--steps", type=int, default=20, help="DDIM steps")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
+    parser.add_argument("--label", help="a pilot's name: its own results file, plot and RESULTS.md section")
     args = parser.parse_args(argv)
+    if args.label is not None and not args.label.replace("-", "").isalnum():
+        parser.error(f"--label: letters, digits and dashes only, got {args.label!r}")
     if args.sets < 2 or args.generate < 1 or args.steps < 1:
         parser.error("--sets must be >= 2; --generate and --steps >= 1")
     return args
@@ -140,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
         if not found:
             raise SystemExit(f"{root}: no complete checkpoints")
         variant = read_trainer_state(found[0])["settings"]["variant"]
-        cache = RESULTS / f"learning_curve_{variant}.json"
+        cache = RESULTS / f"learning_curve_{args.label or variant}.json"
         protocol = {k: getattr(args, k) for k in ("sets", "generate", "steps", "seed")}
         old = json.loads(cache.read_text(encoding="utf-8")) if cache.is_file() else {}
         same = old.get("protocol") == protocol and old.get("checkpoints") == str(root)
@@ -157,8 +169,10 @@ def main(argv: list[str] | None = None) -> int:
         runs[variant] = {"checkpoints": str(root), "protocol": protocol, "command": command, "rows": rows}
         save_json({**runs[variant]}, cache.name)
     report = {**run_header(args, argv), "runs": runs}
-    plot({v: r["rows"] for v, r in runs.items()})
-    write_section(section(report), SECTION)
+    stem = f"learning_curve_{args.label}" if args.label else "learning_curve"
+    heading = f"{SECTION}: {args.label}" if args.label else SECTION
+    plot({v: r["rows"] for v, r in runs.items()}, f"{stem}.png")
+    write_section(section(report, heading, stem), heading)
     return 0
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -34,3 +35,22 @@ def test_a_checkpoint_loads_as_the_model_its_run_writes(mis, tmp_path):  # noqa:
     raw = load_file(out.with_name("m2m-dino.ckpt") / "checkpoint-000002" / "model.safetensors")
     assert any(not torch.equal(raw[k], saved[k]) for k in raw if k in saved)  # EMA differs from the raw weights
     assert "--variant dino" in train_command(settings, mis) and "--steps" not in train_command(settings, mis)
+
+
+def test_a_pilot_from_an_init_folder_loads_with_its_own_architecture(mis, tmp_path):  # noqa: F811
+    from m2m.cli import main
+
+    config, init, out = tmp_path / "wide.json", tmp_path / "init", tmp_path / "m2m-dino"
+    config.write_text(json.dumps({"block_out_channels": [48, 96, 96], "norm_num_groups": 16}))
+    assert main(["init", "--variant", "dino", "--unet-config", str(config), "--out", str(init)]) == 0
+    cfg = TrainConfig(
+        out=out, data=mis, variant="dino", init=init, batch_size=2, n_images=3, steps=2, checkpoint_every=2,
+        log_every=1, sample_steps=1, sample_sets=1, sample_context=1, sample_generate=1, lr=1e-2, ema=False,
+    )
+    loop.train(cfg)
+    pipe, settings = checkpoint_pipeline(out.with_name("m2m-dino.ckpt") / "checkpoint-000002")
+    assert list(pipe.unet.unet.config.block_out_channels) == [48, 96, 96]
+    saved = load_file(out / "unet" / "diffusion_pytorch_model.safetensors")
+    mine = pipe.unet.state_dict()
+    assert saved.keys() == mine.keys() and all(torch.equal(saved[k], mine[k]) for k in saved)
+    assert f"--init {init}" in train_command(settings, mis)
