@@ -76,9 +76,8 @@ def score_checkpoint(folder: Path, mis: Path, args) -> dict:
 
 def train_command(settings: dict, data: Path) -> str:
     """The ``m2m train`` options a run's checkpoints record (the ones that shape its weights)."""
-    flags = ["variant", "batch_size", "n_images", "lr", "lr_schedule", "lr_warmup_steps", "snr_gamma", "ema_decay",
-             "seed", "steps"]
-    flags = ["init", *flags]
+    flags = ["init", "variant", "batch_size", "n_images", "lr", "lr_schedule", "lr_warmup_steps", "snr_gamma",
+             "ema_decay", "seed", "steps"]
     words = [f"--{k.replace('_', '-')} {settings[k]}" for k in flags if settings.get(k) is not None]
     return f"m2m train --data {data} " + " ".join(words) + ("" if settings.get("ema") else " --no-ema")
 

@@ -77,8 +77,7 @@ class ComputeResource(dg.ConfigurableResource):
             launcher = [
                 "accelerate", "launch", "--multi_gpu", "--num_processes", str(self.num_processes),
                 "--num_machines", "1", "--main_process_port", "0", "--mixed_precision", DTYPES[self.dtype],
-                "--dynamo_backend", "no",
-                "-m", "m2m",
+                "--dynamo_backend", "no", "-m", "m2m",
             ]
             return shlex.join(launcher + words[1:])
         return cmd
