@@ -55,6 +55,8 @@ def read_unet_config(path: Path | None) -> dict | None:
         config = json.loads(Path(path).read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
         raise ValueError(f"{path}: not JSON ({err.msg}, line {err.lineno})") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: not JSON (not UTF-8 text)") from None
     if not isinstance(config, dict):
         raise ValueError(f"{path}: expected a JSON object of UNet config entries")
     try:
