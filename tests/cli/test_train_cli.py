@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -155,25 +152,6 @@ def test_out_that_is_not_a_model_folder_is_kept(tmp_path, capsys):
     assert main(["init", "--out", str(tmp_path)]) == 2
     assert "exists and is not an M2M model folder" in capsys.readouterr().err
     assert (tmp_path / "notes.txt").read_text() == "keep me"
-
-
-@pytest.mark.slow
-def test_two_processes_train_data_parallel(mis, tmp_path):
-    """What `accelerate launch --num_processes 2 -m m2m train` runs, on two CPU processes (gloo)."""
-    out = tmp_path / "m"
-    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
-    # --standalone: a free port, as the resource's `--main_process_port 0` (tests may run side by side)
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    command += ["-m", "m2m", "train"]
-    args = ["--data", str(mis), "--out", str(out), "--batch-size", "4", "--steps", "2", "--n-images", "3"]
-    args += ["--sample-steps", "1"]
-    result = subprocess.run([*command, *args], capture_output=True, text=True, env=env, timeout=300)
-    assert result.returncode == 0, result.stderr[-2000:]
-    metrics = json.loads((out / "train_metrics.json").read_text())
-    assert metrics["num_processes"] == 2 and metrics["gradient_accumulation"] == 1
-    checkpoint = tmp_path / "m.ckpt" / "checkpoint-000002"
-    per_process = {"data_0.json", "data_1.json", "noise_0.safetensors", "noise_1.safetensors", "random_states_1.pkl"}
-    assert per_process <= {p.name for p in checkpoint.iterdir()}
 
 
 @pytest.mark.parametrize(
