@@ -339,7 +339,9 @@ def flops_per_image(run: Run, batch: dict) -> tuple[float, tuple]:
         with flops.counting() as counter:
             context = encode(run, batch, images)
         encoders = counter.get_total_flops()
-        with flops.counting() as counter, torch.no_grad(), run.accelerator.autocast():
+        # in the weights' own precision, without autocast: the count does not depend on it, and a bf16
+        # forward on a CPU without bf16 units costs seconds
+        with flops.counting() as counter, torch.no_grad():
             eq5(run, images, conditions, context, noise)
     z0 = context[0]  # (B, N, C, h, w): the images of the micro-batch
     return (encoders + 3 * counter.get_total_flops()) / (z0.shape[0] * z0.shape[1]), context
