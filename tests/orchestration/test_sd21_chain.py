@@ -21,7 +21,7 @@ pytestmark = pytest.mark.slow
 # its 100 MB weights file; the CLIP half would run on the weight-shaped clip folder).
 SD21_TEST_PARAMS = {
     "captions": {"input": "m2m/resources/cc12m_sample.tsv"},
-    "mis": {"shards": ["000000", "000001"], "samples_per_shard": 2, "image_size": 32},
+    "mis": {"shards": ["000000", "000001"], "samples_per_shard": 2, "image_size": 32, "sd_steps": 2},
     "manifest": {"test_percent": 50},  # of 4 sets: 2 to train on, 2 to evaluate on
     "tasks": {"count": 3, "image_size": 32},
     "pretrain": {"steps": 2, "batch_size": 4, "micro_batch_size": 1, "sample_steps": 2},
@@ -65,7 +65,7 @@ def test_shards_are_sd_euler_guidance_7_5_with_25_images_and_stored_encodings(sd
     for sidecar in sorted((sd21_chain.root / "assets" / "mis" / "shards").glob("mis-*.json")):
         settings = json.loads(sidecar.read_text())["settings"]
         assert settings["scheduler"] == "EulerDiscreteScheduler" and settings["guidance_scale"] == 7.5
-        assert settings["images_per_caption"] == 25 and settings["image_size"] == 32
+        assert settings["images_per_caption"] == 25 and settings["image_size"] == 32 and settings["steps"] == 2
         precompute = settings["precompute"]
         assert (precompute["vae"], precompute["dino"]) == ("stable-diffusion-2-1-base", "dinov2-giant")
 
@@ -77,6 +77,10 @@ def test_training_ran_in_two_processes_with_the_presets_settings(sd21_chain):
         assert metrics["micro_batch_size"] == 1 and metrics["gradient_accumulation"] == 2, model
         assert metrics["mixed_precision"] == "bf16" and metrics["gradient_checkpointing"] is True, model
         assert metrics["ema"] is False and metrics["preset"] == "sd21", model
+        # each rank checkpoints its own data position, noise stream and random states (resume per process)
+        checkpoint = max((sd21_chain.root / "assets" / "models" / f"{model}.ckpt").glob("checkpoint-*"))
+        per_process = {"data_0.json", "data_1.json", "noise_0.safetensors", "noise_1.safetensors"}
+        assert per_process <= {p.name for p in checkpoint.iterdir()}, model
     stored = {m: json.loads((sd21_chain.root / f"assets/models/{m}/train_metrics.json").read_text())["stored_encodings"]
               for m in ("m2m-self", "m2m-dino")}
     assert stored == {"m2m-self": ["latents"], "m2m-dino": ["latents", "dino"]}
