@@ -18,6 +18,7 @@ if WORKERS > 1:
 SAME_WORKER = {
     "tests/orchestration/test_materialize.py": "chain",
     "tests/orchestration/test_pipeline.py": "chain",
+    "tests/orchestration/test_recovery.py": "chain",
 }
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.orchestration import interrupted
 from tests.orchestration.projects import REPO, Chain, make_project, run_main_command
 
 
@@ -21,8 +22,13 @@ def project(tmp_path, monkeypatch) -> Path:
 
 @pytest.fixture(scope="session")
 def chain(tmp_path_factory) -> Chain:
-    """The whole chain materialized once by the main command on a tiny copy of the project."""
-    root = make_project(tmp_path_factory.mktemp("chain") / "project")
+    """The whole chain materialized once by the main command on a tiny copy of the project, the way a
+    user's run may go: killed during a training, stopped with Ctrl-C once it resumed, then run to the
+    end (tests/orchestration/interrupted.py); the chain's tests read what the last run left."""
+    root = make_project(tmp_path_factory.mktemp("chain") / "project", interrupted.PARAMS)
     (root / ".dagster").mkdir()
     shutil.copy(REPO / ".dagster" / "dagster.yaml", root / ".dagster" / "dagster.yaml")
-    return run_main_command(root)
+    interruptions = interrupted.interrupt_twice(root)
+    last = run_main_command(root)
+    last.interruptions = interruptions
+    return last

@@ -78,6 +78,7 @@ class Chain:
     exit_code: int
     seconds: float
     output: str
+    interruptions: object | None = None  # tests/orchestration/interrupted.py, when the run was interrupted first
 
 
 def run_main_command(root: Path, argv: list[str] | None = None) -> Chain:
