@@ -4,15 +4,21 @@ DVC lives in its own environment (``.venv-dvc``): its hydra-core pins an antlr4 
 breaks Dagster's asset-selection parser, so the two never share an interpreter. Every DVC call
 takes one project-wide file lock, so shard partitions that finish together commit one after the
 other and never contend for DVC's own repository lock. The commands themselves run outside it.
+
+``status`` and ``commit``, twice per materialized stage, are answered by one long-lived DVC process per
+project (``dvc_session.py``) instead of a ``dvc`` process each; when it cannot answer, the ``dvc``
+command does, so errors read as DVC's own.
 """
 
 from __future__ import annotations
 
+import atexit
 import fcntl
 import json
 import os
 import shutil
 import subprocess
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -54,6 +60,67 @@ def find_python(root: Path) -> str:
     raise DvcError(f"{executable}: cannot tell which Python runs DVC; set M2M_DVC to .venv-dvc/bin/dvc")
 
 
+SESSION_SCRIPT = Path(__file__).with_name("dvc_session.py")
+
+
+class DvcSession:
+    """``dvc_session.py`` for the project at ``root``, run by ``python`` (DVC's interpreter)."""
+
+    def __init__(self, python: str, root: Path, env: dict[str, str]):
+        self.lock = threading.Lock()
+        self.proc = subprocess.Popen(
+            [python, str(SESSION_SCRIPT), str(root)], cwd=root, env=env, text=True,
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+        )
+
+    def ask(self, op: str, stage: str) -> dict | None:
+        """DVC's answer, or None when the session cannot give one (it failed, or DVC raised)."""
+        with self.lock:
+            if self.proc.poll() is not None:
+                return None
+            try:
+                self.proc.stdin.write(json.dumps({"op": op, "stage": stage}) + "\n")
+                self.proc.stdin.flush()
+                reply = json.loads(self.proc.stdout.readline() or "null")
+            except (OSError, ValueError):
+                self.close()
+                return None
+        return reply if isinstance(reply, dict) and reply.get("ok") else None
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                self.proc.stdin.close()
+                self.proc.wait(timeout=10)
+            except (OSError, subprocess.TimeoutExpired):
+                self.proc.kill()
+
+
+_SESSIONS: dict[tuple[str, Path], DvcSession] = {}
+_SESSIONS_LOCK = threading.Lock()
+
+
+def session(executable: str, root: Path, env: dict[str, str]) -> DvcSession | None:
+    """This process's DVC session for ``root`` (started on first use); None when it cannot start."""
+    with _SESSIONS_LOCK:
+        current = _SESSIONS.get((executable, root))
+        if current is None or current.proc.poll() is not None:
+            try:
+                python = find_python(root) if executable == find_executable(root) else None
+                current = DvcSession(python, root, env) if python else None
+            except (DvcError, OSError):
+                current = None
+            if current is not None:
+                _SESSIONS[(executable, root)] = current
+        return current
+
+
+@atexit.register
+def _close_sessions() -> None:
+    for current in _SESSIONS.values():
+        current.close()
+
+
 class Dvc:
     """The DVC project at ``root``."""
 
@@ -75,6 +142,11 @@ class Dvc:
             raise DvcError(f"dvc {' '.join(args)}: {errors[-1]}")
         return proc.stdout
 
+    def ask(self, op: str, stage: str) -> dict | None:
+        """``op`` of ``stage`` through this process's DVC session; None: ask the ``dvc`` command."""
+        current = session(self.executable, self.root, self.env())
+        return current.ask(op, stage) if current else None
+
     @contextmanager
     def locked(self) -> Iterator[None]:
         """Hold the project-wide lock that serialises DVC calls across processes."""
@@ -90,13 +162,15 @@ class Dvc:
     def status(self, stage: str) -> dict:
         """What DVC sees changed in ``stage`` (deps, outs, params, command); empty when up to date."""
         with self.locked():
-            out = self.run("status", stage, "--json")
+            reply = self.ask("status", stage)
+            out = json.dumps(reply["status"]) if reply else self.run("status", stage, "--json")
         return json.loads(out or "{}")
 
     def commit(self, stage: str) -> None:
         """Record ``stage``'s current deps, params and outs in dvc.lock and its outs in the cache."""
         with self.locked():
-            self.run("commit", "--force", stage)
+            if not self.ask("commit", stage):
+                self.run("commit", "--force", stage)
 
     def lock_entry(self, stage: str) -> dict:
         """``stage``'s entry in dvc.lock (``{}`` before its first commit)."""

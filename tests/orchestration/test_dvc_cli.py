@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -54,6 +55,23 @@ def test_parallel_partitions_commit_without_fighting_over_the_lock(repo):
     assert all(repo.status(f"part@{item}") == {} for item in ITEMS)
     assert set(repo.hashes("part@000003", "outs")) == {"out-000003.txt"}
     assert repo.run("status", "--json").strip() == "{}"
+
+
+def test_status_and_commit_are_answered_by_one_dvc_session_as_the_dvc_command_would(repo):
+    from orchestration import dvc_cli
+
+    assert repo.ask("status", "part@000001")["status"] == json.loads(repo.run("status", "part@000001", "--json"))
+    make(repo, "000001")
+    assert repo.ask("commit", "part@000001") == {"ok": True}
+    assert repo.ask("status", "part@000001") == {"ok": True, "status": {}}
+    assert repo.run("status", "part@000001", "--json").strip() == "{}"
+    assert repo.hashes("part@000001", "outs") == {"out-000001.txt": hashlib.md5(b"000001" * 3).hexdigest()}
+    first = dvc_cli.session(repo.executable, repo.root, repo.env())
+    repo.status("part@000002")
+    assert dvc_cli.session(repo.executable, repo.root, repo.env()) is first  # one process for every call
+    first.proc.kill()
+    first.proc.wait()
+    assert "part@000002" in repo.status("part@000002")  # a session that died is started again
 
 
 def test_a_failing_dvc_call_is_one_line(repo):
