@@ -98,6 +98,7 @@ class DvcSession:
 
 _SESSIONS: dict[tuple[str, Path], DvcSession] = {}
 _SESSIONS_LOCK = threading.Lock()
+MAX_SESSIONS = 4  # projects used by one process, each session ~60 MB: the least recently started go
 
 
 def session(executable: str, root: Path, env: dict[str, str]) -> DvcSession | None:
@@ -111,7 +112,10 @@ def session(executable: str, root: Path, env: dict[str, str]) -> DvcSession | No
             except (DvcError, OSError):
                 current = None
             if current is not None:
+                _SESSIONS.pop((executable, root), None)
                 _SESSIONS[(executable, root)] = current
+                while len(_SESSIONS) > MAX_SESSIONS:
+                    _SESSIONS.pop(next(iter(_SESSIONS))).close()
         return current
 
 
