@@ -60,6 +60,16 @@ def find_python(root: Path) -> str:
     raise DvcError(f"{executable}: cannot tell which Python runs DVC; set M2M_DVC to .venv-dvc/bin/dvc")
 
 
+# libyaml's loader where PyYAML has it: dvc.lock lists every input of every stage, and is read a few
+# times per materialized stage (7x faster than the pure-Python loader on the tiny chain's lock).
+LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+def read_lock(path: Path) -> dict:
+    """A ``dvc.lock`` file as data (``{}`` when empty)."""
+    return yaml.load(path.read_text(encoding="utf-8"), Loader=LOADER) or {}
+
+
 SESSION_SCRIPT = Path(__file__).with_name("dvc_session.py")
 
 
@@ -182,7 +192,7 @@ class Dvc:
         if not path.is_file():
             return {}
         with self.locked():
-            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+            data = read_lock(path)
         return (data.get("stages") or {}).get(stage) or {}
 
     def hashes(self, stage: str, kind: str) -> dict[str, str]:

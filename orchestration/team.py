@@ -12,7 +12,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-import yaml
+from orchestration.dvc_cli import read_lock
 
 LOCK = "dvc.lock"
 
@@ -22,7 +22,7 @@ def locked_outputs(root: Path) -> list[str]:
     path = root / LOCK
     if not path.is_file():
         return []
-    stages = (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("stages", {})
+    stages = read_lock(path).get("stages", {})
     return [out["path"] for stage in stages.values() for out in stage.get("outs", [])]
 
 
