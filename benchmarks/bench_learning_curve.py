@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 
 from learning.common import PRECEDING, mean_rows
+from m2m.data.procedural_detect import MIN_SHAPE_FIT
 from learning.report import ATTRIBUTES, RESULTS, run_header, save_atomic, save_json, write_section
 
 SECTION = "## Learning curve"
@@ -59,6 +60,7 @@ def checkpoint_pipeline(folder: Path):
 
 
 def score_checkpoint(folder: Path, mis: Path, args) -> dict:
+    from m2m.evaluation.consistency import shape_fit
     from m2m.evaluation.evaluate import generate_continuations, preceding_images, set_consistency_per_position
     from m2m.evaluation.image_sets import read_mis_eval_sets
     from m2m.training.checkpoint import read_trainer_state
@@ -69,6 +71,8 @@ def score_checkpoint(folder: Path, mis: Path, args) -> dict:
     context, references = preceding_images(sets, PRECEDING), [s.attributes for s in sets]
     generated = generate_continuations(pipe, context, args.generate, PRECEDING, args.steps, None, args.seed, 16)
     row = mean_rows(set_consistency_per_position(generated, references))
+    per_image = [references[s] for s in range(generated.shape[0]) for _ in range(generated.shape[1])]
+    row["shape_fit"] = shape_fit(list(generated.flatten(0, 1) * 2 - 1), per_image)
     images = state["step"] * settings["batch_size"] * settings["n_images"]
     return {"checkpoint": folder.name, "step": state["step"], "images_seen": images,
             "train_hours": state["train_s"] / 3600, **row}
@@ -93,6 +97,10 @@ def plot(curves: dict[str, list[dict]], name: str = "learning_curve.png") -> Pat
         seen = [r["images_seen"] / 1000 for r in rows]
         for key in (*ATTRIBUTES, "score"):
             ax.plot(seen, [r[key] for r in rows], marker="o", label=key, linewidth=2 if key == "score" else 1)
+        fitted = [(x, r["shape_fit"]) for x, r in zip(seen, rows) if "shape_fit" in r]
+        if fitted:
+            ax.plot(*zip(*fitted), marker="x", linestyle="--", color="grey", label="shape fit (IoU)")
+            ax.axhline(MIN_SHAPE_FIT, color="grey", linewidth=0.5, linestyle=":")
         ax.set(title=VARIANT_NAMES[variant], xlabel="training images seen (thousands)", ylabel="consistency",
                ylim=(0, 1.02))
         ax.grid(alpha=0.3)
@@ -112,11 +120,16 @@ def section(report: dict, heading: str = SECTION, stem: str = "learning_curve") 
              f"the judge of the proof of learning). Raw numbers: `{raw}`.", ""]
     for variant, run in report["runs"].items():
         lines += [f"{VARIANT_NAMES[variant]}, trained by `{run['command']}`:", "",
-                  "| step | images seen | CPU hours | palette | shape | texture | score |", "|---" * 7 + "|"]
+                  "| step | images seen | CPU hours | palette | shape | texture | score | shape fit |",
+                  "|---" * 8 + "|"]
         lines += [f"| {r['step']} | {r['images_seen']:,} | {r['train_hours']:.2f} | "
-                  + " | ".join(f"{r[k]:.2f}" for k in (*ATTRIBUTES, "score")) + " |" for r in run["rows"]]
+                  + " | ".join(f"{r[k]:.2f}" for k in (*ATTRIBUTES, "score"))
+                  + (f" | {r['shape_fit']:.2f} |" if "shape_fit" in r else " | - |") for r in run["rows"]]
         lines.append("")
-    lines += [f"![consistency of each checkpoint against images seen](results/{stem}.png)", ""]
+    lines += [f"Shape fit: the generated objects' area-weighted IoU with their set's shape (the detector's own "
+              f"fit, a diagnostic beside the score); the detector accepts a shape from {MIN_SHAPE_FIT}. "
+              "`-`: scored before the column existed.", "",
+              f"![consistency of each checkpoint against images seen](results/{stem}.png)", ""]
     return "\n".join(lines)
 
 

@@ -119,17 +119,24 @@ def _shape_fit(region: np.ndarray) -> dict[str, float]:
     return fits
 
 
-def detect_shape(object_mask: np.ndarray) -> str | None:
-    """The shape kind whose rasterisation best fits the object regions (area-weighted IoU).
-
-    None when there is no object or no kind fits at ``MIN_SHAPE_FIT``: a blob is no shape.
-    """
+def shape_fits(object_mask: np.ndarray) -> dict[str, float]:
+    """How well each shape kind's rasterisation fits the object regions: IoU weighted by region area
+    (0 for every kind when there is no object)."""
     regions = object_regions(object_mask)
     total = sum(float(region.sum()) for region in regions)
     fits = dict.fromkeys(SHAPES, 0.0)
     for region in regions:
         for shape, iou in _shape_fit(region).items():
             fits[shape] += float(region.sum()) / total * iou
+    return fits
+
+
+def detect_shape(object_mask: np.ndarray) -> str | None:
+    """The shape kind whose rasterisation best fits the object regions (area-weighted IoU).
+
+    None when there is no object or no kind fits at ``MIN_SHAPE_FIT``: a blob is no shape.
+    """
+    fits = shape_fits(object_mask)
     best = max(fits, key=fits.get)
     return best if fits[best] >= MIN_SHAPE_FIT else None
 

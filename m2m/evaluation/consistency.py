@@ -19,7 +19,14 @@ from collections.abc import Sequence
 import numpy as np
 
 from m2m.data.procedural import ATTRIBUTES
-from m2m.data.procedural_detect import as_rgb_array, detect_attributes, detect_palette, detect_shape
+from m2m.data.procedural_detect import (
+    as_rgb_array,
+    detect_attributes,
+    detect_palette,
+    detect_shape,
+    shape_fits,
+    split_object,
+)
 from m2m.data.tasks_nvs import camera_azimuth
 from m2m.data.tasks_procedure import detect_progress, split_scene
 
@@ -53,6 +60,21 @@ def set_consistency(generated_images, reference_attrs: dict | Sequence[dict]) ->
                 raise ValueError(f"reference attributes lack {attribute!r}: {reference}")
             hits[attribute] += detected[attribute] == reference[attribute]
     return _with_score({a: hits[a] / len(images) for a in ATTRIBUTES}, len(images))
+
+
+def shape_fit(generated_images, reference_attrs: dict | Sequence[dict]) -> float:
+    """Mean fit of each generated image's objects to its set's shape (area-weighted IoU with the shape's
+    rasterisation, in [0, 1]), the objects split off as the detector does. A diagnostic beside the
+    score, not part of it: it rises before the detector accepts a shape at ``MIN_SHAPE_FIT``."""
+    images = list(generated_images)
+    if not images:
+        raise ValueError("shape_fit needs at least one generated image")
+    fits = []
+    for image, reference in zip(images, _per_image(reference_attrs, len(images)), strict=True):
+        rgb = as_rgb_array(image)
+        object_mask, _ = split_object(rgb, detect_palette(rgb))
+        fits.append(shape_fits(object_mask)[reference["shape"]])
+    return float(np.mean(fits))
 
 
 def chance_level(reference_attrs: Sequence[dict] | None = None) -> dict:

@@ -15,7 +15,7 @@ from m2m.training.config import TrainConfig
 from tests.training.test_loop import mis  # noqa: F401 - the tiny MIS fixture
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
-from bench_learning_curve import checkpoint_pipeline, train_command  # noqa: E402
+from bench_learning_curve import checkpoint_pipeline, score_checkpoint, section, train_command  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread", "fresh_accelerate_state")
 
@@ -35,6 +35,28 @@ def test_a_checkpoint_loads_as_the_model_its_run_writes(mis, tmp_path):  # noqa:
     raw = load_file(out.with_name("m2m-dino.ckpt") / "checkpoint-000002" / "model.safetensors")
     assert any(not torch.equal(raw[k], saved[k]) for k in raw if k in saved)  # EMA differs from the raw weights
     assert "--variant dino" in train_command(settings, mis) and "--steps" not in train_command(settings, mis)
+
+
+def test_a_checkpoint_is_scored_with_its_shape_fit_beside_the_score(mis, tmp_path):  # noqa: F811
+    import argparse
+
+    out = tmp_path / "m2m-dino"
+    cfg = TrainConfig(
+        out=out, data=mis, variant="dino", batch_size=2, n_images=3, steps=1, checkpoint_every=1, log_every=1,
+        sample_steps=1, sample_sets=1, sample_context=1, sample_generate=1, ema=False,
+    )
+    loop.train(cfg)
+    args = argparse.Namespace(sets=2, generate=1, steps=1, seed=0)
+    row = score_checkpoint(out.with_name("m2m-dino.ckpt") / "checkpoint-000001", mis, args)
+    assert row["step"] == 1 and row["images_seen"] == 6
+    assert {"palette", "shape", "texture", "score"} <= set(row) and 0.0 <= row["shape_fit"] <= 1.0
+    older = {k: v for k, v in row.items() if k != "shape_fit"}  # a row scored before the column existed
+    report = {"settings": {"argv": "--checkpoints x", "sets": 2, "generate": 1, "steps": 1}, "machine": "here",
+              "runs": {"dino": {"command": "m2m train", "rows": [older, row]}}}
+    lines = section(report).splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("| step |"))
+    assert lines[header].endswith("| score | shape fit |")
+    assert lines[header + 2].endswith(" | - |") and lines[header + 3].endswith(f" | {row['shape_fit']:.2f} |")
 
 
 def test_a_pilot_from_an_init_folder_loads_with_its_own_architecture(mis, tmp_path):  # noqa: F811

@@ -9,7 +9,13 @@ from PIL import Image
 from m2m.data.procedural import ProceduralGenerator
 from m2m.data.tasks_nvs import write_nvs_fixture
 from m2m.data.tasks_procedure import ProcedureDataset, write_procedure_fixture
-from m2m.evaluation.consistency import chance_level, nvs_consistency, procedure_consistency, set_consistency
+from m2m.evaluation.consistency import (
+    chance_level,
+    nvs_consistency,
+    procedure_consistency,
+    set_consistency,
+    shape_fit,
+)
 
 
 def _set(caption, seeds=range(6)):
@@ -40,6 +46,20 @@ def test_references_per_image_mix_sets():
     b, ref_b = _set("night boxes checker", range(2))
     assert set_consistency(a + b, [ref_a] * 2 + [ref_b] * 2)["score"] == 1.0
     assert set_consistency(a + b, [ref_b] * 2 + [ref_a] * 2)["score"] == 0.0
+
+
+def test_shape_fit_is_high_for_the_sets_shape_lower_for_blurred_or_other_shapes_and_zero_without_objects():
+    from PIL import ImageFilter
+
+    images, reference = _set("ocean stars polka")
+    clean = shape_fit(images, reference)
+    assert clean >= 0.85
+    assert shape_fit(images, {**reference, "shape": "ring"}) < clean - 0.3
+    blurred = [image.filter(ImageFilter.GaussianBlur(1.2)) for image in images]
+    assert 0.5 < shape_fit(blurred, reference) < 0.8  # rounded stars: most of the way to a fit ...
+    assert set_consistency(blurred, reference)["shape"] == 0.0  # ... that the detector does not accept
+    background = Image.new("RGB", images[0].size, (0, 40, 90))
+    assert shape_fit([background], reference) == 0.0
 
 
 def test_bad_calls_are_refused():
