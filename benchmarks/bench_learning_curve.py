@@ -6,7 +6,9 @@ with its thresholds; palette, shape, texture and their mean (the score). A check
 weights the run would save at that step (its EMA weights when the run keeps an EMA).
 
 Scores are kept per checkpoint in ``results/learning_curve_<variant>.json``: a rerun scores only the
-checkpoints it has not seen (a run still training can be scored as it goes). Writes
+checkpoints it has not seen (a run still training can be scored as it goes), and those scored before the
+shape fit (a diagnostic column: the objects' IoU with their set's shape) while they still exist; rows of
+checkpoints the run has since deleted are kept. Writes
 ``results/learning_curve.png`` and the "Learning curve" section of ``RESULTS.md``. A pilot (a run from
 an ``m2m init --unet-config`` folder, say) is scored under ``--label NAME``: ``learning_curve_NAME.json``
 and ``.png`` and a section of its own, so the main curve stays as it is.
@@ -169,14 +171,13 @@ def main(argv: list[str] | None = None) -> int:
         old = json.loads(cache.read_text(encoding="utf-8")) if cache.is_file() else {}
         same = old.get("protocol") == protocol and old.get("checkpoints") == str(root)
         done = {r["checkpoint"]: r for r in old.get("rows", [])} if same else {}
-        rows = []
         for folder in found:
-            if folder.name not in done:
+            if "shape_fit" not in done.get(folder.name, {}):  # not scored yet, or before the shape fit
                 start = time.perf_counter()
                 done[folder.name] = score_checkpoint(folder, args.data, args)
                 print(f"{variant} {folder.name}: score {done[folder.name]['score']:.2f} "
                       f"(shape {done[folder.name]['shape']:.2f}) in {time.perf_counter() - start:.0f} s", flush=True)
-            rows.append(done[folder.name])
+        rows = sorted(done.values(), key=lambda row: row["step"])  # a run keeps its newest checkpoints only
         command = train_command(read_trainer_state(found[-1])["settings"], args.data)
         runs[variant] = {"checkpoints": str(root), "protocol": protocol, "command": command, "rows": rows}
         save_json({**runs[variant]}, cache.name)
