@@ -69,12 +69,15 @@ def shape_fit(generated_images, reference_attrs: dict | Sequence[dict]) -> float
     images = list(generated_images)
     if not images:
         raise ValueError("shape_fit needs at least one generated image")
-    fits = []
-    for image, reference in zip(images, _per_image(reference_attrs, len(images)), strict=True):
-        rgb = as_rgb_array(image)
-        object_mask, _ = split_object(rgb, detect_palette(rgb))
-        fits.append(shape_fits(object_mask)[reference["shape"]])
-    return float(np.mean(fits))
+    references = _per_image(reference_attrs, len(images))
+    return float(np.mean([object_shape_fits(image)[ref["shape"]] for image, ref in zip(images, references)]))
+
+
+def object_shape_fits(image) -> dict[str, float]:
+    """Each shape kind's fit to the image's objects, split off as the detector does (its palette first)."""
+    rgb = as_rgb_array(image)
+    object_mask, _ = split_object(rgb, detect_palette(rgb))
+    return shape_fits(object_mask)
 
 
 def chance_level(reference_attrs: Sequence[dict] | None = None) -> dict:

@@ -15,7 +15,13 @@ from m2m.training.config import TrainConfig
 from tests.training.test_loop import mis  # noqa: F401 - the tiny MIS fixture
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
-from bench_learning_curve import checkpoint_pipeline, score_checkpoint, section, train_command  # noqa: E402
+from bench_learning_curve import (  # noqa: E402
+    checkpoint_pipeline,
+    reference_fits,
+    score_checkpoint,
+    section,
+    train_command,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread", "fresh_accelerate_state")
 
@@ -57,6 +63,10 @@ def test_a_checkpoint_is_scored_with_its_shape_fit_beside_the_score(mis, tmp_pat
     header = next(i for i, line in enumerate(lines) if line.startswith("| step |"))
     assert lines[header].endswith("| score | shape fit |")
     assert lines[header + 2].endswith(" | - |") and lines[header + 3].endswith(f" | {row['shape_fit']:.2f} |")
+    # the diagnostic's scale, from the held-out images themselves
+    reference = reference_fits(mis, 4)
+    assert reference["held-out images"] > 0.9 > reference["blurred by 2 px"] > reference["another shape kind"]
+    assert f"held-out images {reference['held-out images']:.2f}" in section({**report, "reference_fits": reference})
 
 
 def test_a_pilot_from_an_init_folder_loads_with_its_own_architecture(mis, tmp_path):  # noqa: F811
