@@ -29,8 +29,8 @@ from pathlib import Path
 import torch
 
 from learning.common import PRECEDING, mean_rows
-from m2m.data.procedural_detect import MIN_SHAPE_FIT
 from learning.report import ATTRIBUTES, RESULTS, run_header, save_atomic, save_json, write_section
+from m2m.data.procedural_detect import MIN_SHAPE_FIT
 
 SECTION = "## Learning curve"
 VARIANT_NAMES = {"self": "M2M-Self", "dino": "M2M-DINO"}

@@ -177,8 +177,7 @@ class Dvc:
         """What DVC sees changed in ``stage`` (deps, outs, params, command); empty when up to date."""
         with self.locked():
             reply = self.ask("status", stage)
-            out = json.dumps(reply["status"]) if reply else self.run("status", stage, "--json")
-        return json.loads(out or "{}")
+            return reply["status"] if reply else json.loads(self.run("status", stage, "--json") or "{}")
 
     def commit(self, stage: str) -> None:
         """Record ``stage``'s current deps, params and outs in dvc.lock and its outs in the cache."""

@@ -18,11 +18,13 @@ from pathlib import Path
 
 import pytest
 
+from m2m.training.checkpoint import checkpoint_name
 from tests.orchestration.projects import TINY_TEST_PARAMS, merge, project_env
 
 # Long enough to be killed in the middle of (6 steps, a checkpoint every 2).
 CHECKPOINT_EVERY = 2
 PARAMS = merge(TINY_TEST_PARAMS, {"pretrain": {"steps": 6, "checkpoint_every": CHECKPOINT_EVERY}})
+FIRST_CHECKPOINT = checkpoint_name(CHECKPOINT_EVERY)
 # What Ctrl-C may take to stop the main command and every process it started.
 CTRL_C_SECONDS = 20
 
@@ -82,7 +84,7 @@ def mlflow_running(root: Path) -> int:
 
 def checkpoint_reached(root: Path) -> bool:
     return any(
-        (root / "assets" / "models" / f"{name}.ckpt" / f"checkpoint-{CHECKPOINT_EVERY:06d}").is_dir()
+        (root / "assets" / "models" / f"{name}.ckpt" / FIRST_CHECKPOINT).is_dir()
         and not (root / "assets" / "models" / name).exists()
         for name in ("m2m-self", "m2m-dino")
     )
@@ -105,8 +107,8 @@ def interrupt_twice(root: Path) -> Interruptions:
     resumed that training."""
     first = MainCommand(root, "killed")
     first.wait_for(lambda: checkpoint_reached(root) and mlflow_running(root) > 0, "a checkpoint of a logged training")
-    checkpoint = f"checkpoint-{CHECKPOINT_EVERY:06d}"
-    killed = next(n for n in ("m2m-self", "m2m-dino") if (root / "assets/models" / f"{n}.ckpt" / checkpoint).is_dir())
+    models = root / "assets" / "models"
+    killed = next(n for n in ("m2m-self", "m2m-dino") if (models / f"{n}.ckpt" / FIRST_CHECKPOINT).is_dir())
     first.kill()
     second = MainCommand(root, "stopped")
     second.wait_for(lambda: "resumed from" in second.output, "a resumed training")
