@@ -86,9 +86,12 @@ def learning_study(variant: str, mis: Path, work: Path, args) -> dict:
     from m2m.training.config import TrainConfig
     from m2m.training.loop import load_pipeline
 
-    config = TrainConfig(out=work / f"m2m-{variant}", variant=variant, data=mis, seed=args.seed, log_every=50)
+    models = args.models or work
+    config = TrainConfig(out=models / f"m2m-{variant}", variant=variant, data=mis, seed=args.seed, log_every=50)
     start = time.perf_counter()
-    train_metrics = train_for(config, args.minutes, reuse=args.reuse)
+    train_metrics = train_for(config, args.minutes, reuse=args.reuse or args.models is not None)
+    if train_metrics["variant"] != variant or train_metrics.get("task"):
+        raise ValueError(f"{config.out}: not a pre-trained M2M-{variant} (train_metrics.json)")
     trained, init = load(config.out), load_pipeline(config.resolved())
     sets, _ = read_mis_eval_sets(mis, "test", PRECEDING, trained.image_size, args.sets)
     context, references = preceding_images(sets, PRECEDING), [s.attributes for s in sets]
@@ -116,10 +119,14 @@ def learning_study(variant: str, mis: Path, work: Path, args) -> dict:
     columns = {"preceding": (context[:6] + 1) / 2, "trained": trained_images[:6, :m]}
     columns.update({"untrained init": init_images[:6], "context zeroed": zeroed_images[:6]})
     save_atomic(labelled_grid(columns, trained.image_size), picture)
-    train_keys = ("steps", "batch_size", "n_images", "final_loss", "loss_last_10pct", "s_per_step", "wall_time_s")
+    train_keys = (
+        "steps", "batch_size", "n_images", "final_loss", "loss_last_10pct", "s_per_step", "wall_time_s", "lr",
+        "lr_schedule", "lr_warmup_steps", "snr_gamma", "ema_decay", "device",
+    )
     return {
         "variant": VARIANT_NAMES[variant],
-        "train": {k: train_metrics[k] for k in train_keys},
+        "train": {k: train_metrics.get(k) for k in train_keys},
+        "trained_by": train_command(variant, train_metrics, config.out) if args.models else None,
         "test_sets": len(sets),
         "generate": m,
         "guidance_scale": own,
@@ -132,16 +139,32 @@ def learning_study(variant: str, mis: Path, work: Path, args) -> dict:
     }
 
 
+def train_command(variant: str, metrics: dict, out: Path) -> str:
+    """The ``m2m train`` command of a model trained outside this benchmark, from its train_metrics.json."""
+    flags = [f"--variant {variant}", f"--data {metrics['data']}", f"--out {out}", f"--steps {metrics['steps']}",
+             f"--batch-size {metrics['batch_size']}", f"--n-images {metrics['n_images']}", f"--lr {metrics['lr']:g}"]
+    if metrics.get("lr_schedule", "constant") != "constant":
+        flags.append(f"--lr-schedule {metrics['lr_schedule']}")
+    if metrics.get("lr_warmup_steps"):
+        flags.append(f"--lr-warmup-steps {metrics['lr_warmup_steps']}")
+    if metrics.get("snr_gamma"):
+        flags.append(f"--snr-gamma {metrics['snr_gamma']:g}")
+    if metrics.get("ema"):
+        flags.append(f"--ema-decay {metrics['ema_decay']:g}")
+    return " ".join(["m2m train", *flags, f"--seed {metrics['seed']}"])
+
+
 def model_card(study: dict, report: dict, folder: str) -> str:
     """README.md of an exported model: what it is, how it was trained, what it scores, how to use it."""
     t, c = study["train"], study["conditions"]
+    command = study["trained_by"] or f"python benchmarks/bench_learning.py {report['settings']['argv']}"
     chance = c["chance (two test sets agree)"]
     above = [a for a in ATTRIBUTES if c["trained"][a] >= chance[a] + 0.1]
     below = [a for a in ATTRIBUTES if a not in above]
     return f"""# Tiny {study['variant']} (32x32, procedural MIS)
 
 The default-preset {study['variant']} of this project, trained from scratch on CPU by
-`python benchmarks/bench_learning.py {report['settings']['argv']}`: {t['steps']} steps of {t['batch_size']} sets x
+`{command}`: {t['steps']} steps of {t['batch_size']} sets x
 {t['n_images']} images ({t['wall_time_s'] / 60:.1f} min on {report['machine']}) on the procedural MIS built from
 the shipped sample captions. Weights in float16 safetensors; `m2m sample` / `m2m evaluate` run them in
 float32 on CPU. Its default guidance scale is s = {study['guidance_scale']:g} (docs/model.md).
@@ -177,6 +200,10 @@ def parse_args(argv):
         "--reuse", action="store_true", help="keep the models already trained in --work; train only missing ones"
     )
     parser.add_argument("--export", type=Path, help="also save the pre-trained models here in float16, with a card")
+    parser.add_argument(
+        "--models", type=Path,
+        help="score the models already in MODELS/m2m-<variant> (a longer `m2m train` run) instead of training",
+    )
     args = parser.parse_args(argv)
     if not 0 < args.minutes <= 15:
         parser.error("--minutes must be in (0, 15]")
@@ -208,7 +235,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.export:
         for variant, study in zip(args.variants, studies, strict=True):
             out = args.export / f"tiny-m2m-{variant}"
-            size = export_fp16(args.work / f"m2m-{variant}", out, model_card(study, report, str(out)))
+            folder = (args.models or args.work) / f"m2m-{variant}"
+            size = export_fp16(folder, out, model_card(study, report, str(out)))
             print(f"exported {out} ({size / 2**20:.1f} MiB)")
     for study in studies:
         c = study["conditions"]

@@ -132,8 +132,9 @@ def study_lines(study: dict, sets: int) -> list[str]:
         f"### {study['variant']}",
         "",
         f"Trained {t['steps']} steps of {t['batch_size']} sets x {t['n_images']} images "
-        f"({t['wall_time_s'] / 60:.1f} min, {t['s_per_step']:.2f} s/step), final loss {t['final_loss']:.4f}; "
-        f"scored on {study['test_sets']} held-out sets x {study['generate']} generated images.",
+        f"({t['wall_time_s'] / 60:.1f} min, {t['s_per_step']:.2f} s/step), final loss {t['final_loss']:.4f}"
+        + (f", by `{study['trained_by']}`" if study.get("trained_by") else "")
+        + f"; scored on {study['test_sets']} held-out sets x {study['generate']} generated images.",
         "",
         *table(study["conditions"], attributes, "model"),
         "",

@@ -1,0 +1,40 @@
+"""benchmarks/bench_learning.py: models trained outside the benchmark are described by the command that made them."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+from bench_learning import train_command  # noqa: E402
+
+
+def parsed(command: str):
+    from m2m.cli import build_parser
+
+    words = shlex.split(command)
+    assert words[:2] == ["m2m", "train"]
+    return build_parser().parse_args(words[1:])
+
+
+def test_the_train_command_of_a_long_run_parses_back_to_its_recipe():
+    metrics = {
+        "variant": "dino", "data": "assets/bench/learning/mis", "steps": 12000, "batch_size": 4, "n_images": 5,
+        "lr": 0.001, "lr_schedule": "cosine", "lr_warmup_steps": 500, "snr_gamma": 5.0, "ema": True,
+        "ema_decay": 0.999, "seed": 0,
+    }
+    args = parsed(train_command("dino", metrics, Path("assets/bench/long2/m2m-dino")))
+    assert (args.variant, args.steps, args.batch_size, args.n_images, args.lr) == ("dino", 12000, 4, 5, 0.001)
+    assert (args.lr_schedule, args.lr_warmup_steps, args.snr_gamma, args.ema_decay) == ("cosine", 500, 5.0, 0.999)
+    assert args.data == Path("assets/bench/learning/mis") and args.out == Path("assets/bench/long2/m2m-dino")
+
+
+def test_a_constant_rate_run_without_ema_names_no_recipe_flags_it_did_not_use():
+    metrics = {"variant": "self", "data": "mis", "steps": 700, "batch_size": 8, "n_images": 5, "lr": 0.001,
+               "lr_schedule": "constant", "lr_warmup_steps": 0, "snr_gamma": None, "ema": False, "ema_decay": 0.995,
+               "seed": 3}
+    command = train_command("self", metrics, Path("out"))
+    assert "--lr-schedule" not in command and "--snr-gamma" not in command and "--ema-decay" not in command
+    args = parsed(command)
+    assert (args.variant, args.steps, args.seed, args.lr_schedule, args.snr_gamma) == ("self", 700, 3, "constant", None)
