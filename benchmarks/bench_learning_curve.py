@@ -7,7 +7,8 @@ weights the run would save at that step (its EMA weights when the run keeps an E
 
 Scores are kept per checkpoint in ``results/learning_curve_<variant>.json``: a rerun scores only the
 checkpoints it has not seen (a run still training can be scored as it goes), and those scored before the
-shape fit (a diagnostic column: the objects' IoU with their set's shape) while they still exist; rows of
+shape fits (diagnostic columns: the objects' IoU with their set's shape, and with the best-fitting shape of
+any kind) while they still exist; rows of
 checkpoints the run has since deleted are kept. Writes
 ``results/learning_curve.png`` and the "Learning curve" section of ``RESULTS.md``. A pilot (a run from
 an ``m2m init --unet-config`` folder, say) is scored under ``--label NAME``: ``learning_curve_NAME.json``
@@ -62,7 +63,7 @@ def checkpoint_pipeline(folder: Path):
 
 
 def score_checkpoint(folder: Path, mis: Path, args) -> dict:
-    from m2m.evaluation.consistency import shape_fit
+    from m2m.evaluation.consistency import object_shape_fits
     from m2m.evaluation.evaluate import generate_continuations, preceding_images, set_consistency_per_position
     from m2m.evaluation.image_sets import read_mis_eval_sets
     from m2m.training.checkpoint import read_trainer_state
@@ -74,7 +75,9 @@ def score_checkpoint(folder: Path, mis: Path, args) -> dict:
     generated = generate_continuations(pipe, context, args.generate, PRECEDING, args.steps, None, args.seed, 16)
     row = mean_rows(set_consistency_per_position(generated, references))
     per_image = [references[s] for s in range(generated.shape[0]) for _ in range(generated.shape[1])]
-    row["shape_fit"] = shape_fit(list(generated.flatten(0, 1) * 2 - 1), per_image)
+    fits = [object_shape_fits(image) for image in generated.flatten(0, 1) * 2 - 1]
+    row["shape_fit"] = float(sum(fit[ref["shape"]] for fit, ref in zip(fits, per_image)) / len(fits))
+    row["any_shape_fit"] = float(sum(max(fit.values()) for fit in fits) / len(fits))
     images = state["step"] * settings["batch_size"] * settings["n_images"]
     return {"checkpoint": folder.name, "step": state["step"], "images_seen": images,
             "train_hours": state["train_s"] / 3600, **row}
@@ -121,6 +124,9 @@ def plot(curves: dict[str, list[dict]], name: str = "learning_curve.png") -> Pat
         fitted = [(x, r["shape_fit"]) for x, r in zip(seen, rows) if "shape_fit" in r]
         if fitted:
             ax.plot(*zip(*fitted), marker="x", linestyle="--", color="grey", label="shape fit (IoU)")
+        drawn = [(x, r["any_shape_fit"]) for x, r in zip(seen, rows) if "any_shape_fit" in r]
+        if drawn:
+            ax.plot(*zip(*drawn), marker="+", linestyle=":", color="black", label="any-shape fit (IoU)")
             ax.axhline(MIN_SHAPE_FIT, color="grey", linewidth=0.5, linestyle=":")
         ax.set(title=VARIANT_NAMES[variant], xlabel="training images seen (thousands)", ylabel="consistency",
                ylim=(0, 1.02))
@@ -141,16 +147,18 @@ def section(report: dict, heading: str = SECTION, stem: str = "learning_curve") 
              f"the judge of the proof of learning). Raw numbers: `{raw}`.", ""]
     for variant, run in report["runs"].items():
         lines += [f"{VARIANT_NAMES[variant]}, trained by `{run['command']}`:", "",
-                  "| step | images seen | CPU hours | palette | shape | texture | score | shape fit |",
-                  "|---" * 8 + "|"]
+                  "| step | images seen | CPU hours | palette | shape | texture | score | shape fit | any-shape fit |",
+                  "|---" * 9 + "|"]
         lines += [f"| {r['step']} | {r['images_seen']:,} | {r['train_hours']:.2f} | "
                   + " | ".join(f"{r[k]:.2f}" for k in (*ATTRIBUTES, "score"))
-                  + (f" | {r['shape_fit']:.2f} |" if "shape_fit" in r else " | - |") for r in run["rows"]]
+                  + "".join(f" | {r[k]:.2f}" if k in r else " | -" for k in ("shape_fit", "any_shape_fit")) + " |"
+                  for r in run["rows"]]
         lines.append("")
     reference = ", ".join(f"{name} {value:.2f}" for name, value in report.get("reference_fits", {}).items())
     lines += [f"Shape fit: the generated objects' area-weighted IoU with their set's shape (the detector's own "
-              f"fit, a diagnostic beside the score); the detector accepts a shape from {MIN_SHAPE_FIT}. "
-              "`-`: scored before the column existed."
+              f"fit, a diagnostic beside the score); the detector accepts a shape from {MIN_SHAPE_FIT}. Any-shape "
+              "fit: the same IoU with whichever shape kind fits the objects best (is a clean shape drawn at all, "
+              "the set's or another?). `-`: scored before the column existed."
               + (f" The same fit on the held-out sets' preceding images: {reference}." if reference else ""), "",
               f"![consistency of each checkpoint against images seen](results/{stem}.png)", ""]
     return "\n".join(lines)
@@ -193,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
         same = old.get("protocol") == protocol and old.get("checkpoints") == str(root)
         done = {r["checkpoint"]: r for r in old.get("rows", [])} if same else {}
         for folder in found:
-            if "shape_fit" not in done.get(folder.name, {}):  # not scored yet, or before the shape fit
+            if "any_shape_fit" not in done.get(folder.name, {}):  # not scored yet, or before the fits
                 start = time.perf_counter()
                 done[folder.name] = score_checkpoint(folder, args.data, args)
                 print(f"{variant} {folder.name}: score {done[folder.name]['score']:.2f} "

@@ -56,13 +56,15 @@ def test_a_checkpoint_is_scored_with_its_shape_fit_beside_the_score(mis, tmp_pat
     row = score_checkpoint(out.with_name("m2m-dino.ckpt") / "checkpoint-000001", mis, args)
     assert row["step"] == 1 and row["images_seen"] == 6
     assert {"palette", "shape", "texture", "score"} <= set(row) and 0.0 <= row["shape_fit"] <= 1.0
-    older = {k: v for k, v in row.items() if k != "shape_fit"}  # a row scored before the column existed
+    assert row["shape_fit"] <= row["any_shape_fit"] <= 1.0  # the set's shape is one of the kinds
+    older = {k: v for k, v in row.items() if k not in ("shape_fit", "any_shape_fit")}  # scored before the columns
     report = {"settings": {"argv": "--checkpoints x", "sets": 2, "generate": 1, "steps": 1}, "machine": "here",
               "runs": {"dino": {"command": "m2m train", "rows": [older, row]}}}
     lines = section(report).splitlines()
     header = next(i for i, line in enumerate(lines) if line.startswith("| step |"))
-    assert lines[header].endswith("| score | shape fit |")
-    assert lines[header + 2].endswith(" | - |") and lines[header + 3].endswith(f" | {row['shape_fit']:.2f} |")
+    assert lines[header].endswith("| score | shape fit | any-shape fit |")
+    assert lines[header + 2].endswith(" | - | - |")
+    assert lines[header + 3].endswith(f" | {row['shape_fit']:.2f} | {row['any_shape_fit']:.2f} |")
     # the diagnostic's scale, from the held-out images themselves
     reference = reference_fits(mis, 4)
     assert reference["held-out images"] > 0.9 > reference["blurred by 2 px"] > reference["another shape kind"]
