@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
-from bench_learning import train_command  # noqa: E402
+from bench_learning import build_mis, train_command  # noqa: E402
 
 
 def parsed(command: str):
@@ -38,3 +38,16 @@ def test_a_constant_rate_run_without_ema_names_no_recipe_flags_it_did_not_use():
     assert "--lr-schedule" not in command and "--snr-gamma" not in command and "--ema-decay" not in command
     args = parsed(command)
     assert (args.variant, args.steps, args.seed, args.lr_schedule, args.snr_gamma) == ("self", 700, 3, "constant", None)
+
+
+def test_a_prefixed_mis_gives_every_set_the_keywords_shape_and_keeps_the_other_attributes(tmp_path):
+    import pyarrow.parquet as pq
+
+    from m2m.data.procedural import ProceduralGenerator
+
+    root = build_mis(tmp_path / "mis", prefix="ring")
+    captions = pq.read_table(root / "captions.parquet").column("caption").to_pylist()
+    attributes = [ProceduralGenerator(32).attributes(caption) for caption in captions]
+    assert len(captions) >= 200 and all(caption.startswith("ring ") for caption in captions)
+    assert {a["shape"] for a in attributes} == {"ring"}
+    assert len({a["palette"] for a in attributes}) == 8 and len({a["texture"] for a in attributes}) == 5
