@@ -167,6 +167,7 @@ def model_card(study: dict, report: dict, folder: str) -> str:
     """README.md of an exported model: what it is, how it was trained, what it scores, how to use it."""
     t, c = study["train"], study["conditions"]
     command = study["trained_by"] or f"python benchmarks/bench_learning.py {report['settings']['argv']}"
+    where = f"{t['device']}, one process" if study["trained_by"] else report["machine"]
     chance = c["chance (two test sets agree)"]
     above = [a for a in ATTRIBUTES if c["trained"][a] >= chance[a] + 0.1]
     below = [a for a in ATTRIBUTES if a not in above]
@@ -174,7 +175,7 @@ def model_card(study: dict, report: dict, folder: str) -> str:
 
 The default-preset {study['variant']} of this project, trained from scratch on CPU by
 `{command}`: {t['steps']} steps of {t['batch_size']} sets x
-{t['n_images']} images ({t['wall_time_s'] / 60:.1f} min on {report['machine']}) on the procedural MIS built from
+{t['n_images']} images ({t['wall_time_s'] / 60:.1f} min on {where}) on the procedural MIS built from
 the shipped sample captions. Weights in float16 safetensors; `m2m sample` / `m2m evaluate` run them in
 float32 on CPU. Its default guidance scale is s = {study['guidance_scale']:g} (docs/model.md).
 
