@@ -142,7 +142,7 @@ def plot(curves: dict[str, list[dict]], name: str = "learning_curve.png") -> Pat
 def section(report: dict, heading: str = SECTION, stem: str = "learning_curve") -> str:
     raw = f"results/{stem}.json" if stem != "learning_curve" else "results/learning_curve_<variant>.json"
     lines = [heading, "", f"`python benchmarks/bench_learning_curve.py {report['settings']['argv']}` on "
-             f"{report['machine']}: every checkpoint of one run, scored on {report['settings']['sets']} held-out "
+             f"{report['machine']}: every checkpoint of each run, scored on {report['settings']['sets']} held-out "
              f"sets x {report['settings']['generate']} generated images (K = 4, DDIM {report['settings']['steps']}; "
              f"the judge of the proof of learning). Raw numbers: `{raw}`.", ""]
     for variant, run in report["runs"].items():
