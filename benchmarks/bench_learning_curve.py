@@ -124,10 +124,10 @@ def plot(curves: dict[str, list[dict]], name: str = "learning_curve.png") -> Pat
         fitted = [(x, r["shape_fit"]) for x, r in zip(seen, rows) if "shape_fit" in r]
         if fitted:
             ax.plot(*zip(*fitted), marker="x", linestyle="--", color="grey", label="shape fit (IoU)")
+            ax.axhline(MIN_SHAPE_FIT, color="grey", linewidth=0.5, linestyle=":")
         drawn = [(x, r["any_shape_fit"]) for x, r in zip(seen, rows) if "any_shape_fit" in r]
         if drawn:
             ax.plot(*zip(*drawn), marker="+", linestyle=":", color="black", label="any-shape fit (IoU)")
-            ax.axhline(MIN_SHAPE_FIT, color="grey", linewidth=0.5, linestyle=":")
         ax.set(title=VARIANT_NAMES[variant], xlabel="training images seen (thousands)", ylabel="consistency",
                ylim=(0, 1.02))
         ax.grid(alpha=0.3)
