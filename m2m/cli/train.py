@@ -14,6 +14,7 @@ from m2m.training.config import (
     PRESET_DEFAULTS,
     TASK_CONDITIONS,
     TASK_SAMPLES,
+    TIMESTEP_SAMPLING,
     TrainConfig,
 )
 
@@ -87,6 +88,11 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--lr-warmup-steps", type=int, default=d.lr_warmup_steps, help="linear warm-up steps (default 0)")
     p.add_argument(
         "--snr-gamma", type=float, help="min-SNR-gamma loss weighting, e.g. 5 (default: none, eq. 5 as written)"
+    )
+    p.add_argument(
+        "--timestep-sampling", choices=TIMESTEP_SAMPLING, default=d.timestep_sampling,
+        help="how each set's t is drawn: uniform (default, eq. 5) or logit-normal (the middle of the schedule "
+        "more often)",
     )
     p.add_argument("--p-uncond", type=float, default=d.p_uncond, help="probability of a zeroed context (0.1)")
     p.add_argument(

@@ -103,8 +103,13 @@ def save_checkpoint(
     return final
 
 
+# Settings that checkpoints made before them do not record, with the value every such run had.
+SETTINGS_ADDED = {"timestep_sampling": "uniform"}
+
+
 def read_trainer_state(folder: str | Path) -> dict:
-    """``trainer_state.json``: step, ``elapsed_s``, ``train_s``, ``losses`` and ``settings``."""
+    """``trainer_state.json``: step, ``elapsed_s``, ``train_s``, ``losses`` and ``settings`` (those a
+    checkpoint predates filled in from ``SETTINGS_ADDED``)."""
     path = Path(folder) / TRAINER_STATE
     try:
         state = json.loads(path.read_text(encoding="utf-8"))
@@ -113,6 +118,7 @@ def read_trainer_state(folder: str | Path) -> dict:
     missing = {"step", "elapsed_s", "train_s", "losses", "settings"} - set(state)
     if missing:
         raise ValueError(f"{path}: missing {', '.join(sorted(missing))}")
+    state["settings"] = {**SETTINGS_ADDED, **state["settings"]}
     return state
 
 

@@ -24,6 +24,10 @@ TASK_SAMPLES = ("subset", "window")
 # appendix A, or a cosine decay to zero over --steps (a fixed-length run; --steps is then part of the
 # schedule and may not change on --resume).
 LR_SCHEDULES = ("constant", "cosine")
+# How eq. 5's timestep t is drawn per set (m2m.training.objective.sample_timesteps): uniform over the
+# scheduler's steps, as written, or logit-normal (t / T = sigmoid(u), u ~ N(0, 1); Esser et al. 2024), which
+# draws the middle of the schedule more often, where an image's layout is decided.
+TIMESTEP_SAMPLING = ("uniform", "logit-normal")
 
 # Appendix A: lr 1e-5, no warm-up, batch 256 across GPUs. The tiny preset is a random network at 32x32
 # trained from scratch; in a 200-step check (batch 8, N = 5) 1e-4 lagged (last-20-step loss 0.28),
@@ -56,6 +60,7 @@ class TrainConfig:
     lr_schedule: str = "constant"  # one of LR_SCHEDULES
     lr_warmup_steps: int = 0  # linear warm-up from 0 (appendix A: none)
     snr_gamma: float | None = None  # min-SNR-gamma loss weighting; None: plain eq. 5
+    timestep_sampling: str = "uniform"  # one of TIMESTEP_SAMPLING
     adam_betas: tuple[float, float] = (0.9, 0.999)
     weight_decay: float = 1e-2
     adam_epsilon: float = 1e-8
@@ -126,6 +131,8 @@ class TrainConfig:
         need(self.lr_schedule != "cosine" or self.steps is not None, "lr_schedule",
              "cosine decays over --steps, which must be given")
         need(self.snr_gamma is None or self.snr_gamma > 0, "snr_gamma", "must be positive")
+        need(self.timestep_sampling in TIMESTEP_SAMPLING, "timestep_sampling",
+             f"must be one of {', '.join(TIMESTEP_SAMPLING)}")
         need(self.resume in (False, True, "auto"), "resume", "must be off, on or auto")
         need(0 <= self.max_skipped < 1, "max_skipped", "must be a fraction in [0, 1)")
         need(self.weight_decay >= 0, "weight_decay", "must be non-negative")

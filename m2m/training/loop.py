@@ -33,8 +33,8 @@ logger = get_logger(__name__)
 # Settings a resumed run must share with its checkpoint (others, such as --steps, may change).
 RESUME_SETTINGS = (
     "preset", "variant", "init", "task", "data", "task_data", "task_sample", "n_images", "batch_size",
-    "micro_batch_size", "lr", "lr_schedule", "lr_warmup_steps", "snr_gamma", "weight_decay", "p_uncond",
-    "p_drop_condition", "ema", "ema_decay", "seed",
+    "micro_batch_size", "lr", "lr_schedule", "lr_warmup_steps", "snr_gamma", "timestep_sampling", "weight_decay",
+    "p_uncond", "p_drop_condition", "ema", "ema_decay", "seed",
 )
 
 
@@ -302,7 +302,7 @@ def eq5(run: Run, images, conditions, context, generator: torch.Generator, unet=
     return m2m_loss(
         run.pipe, run.noise_scheduler, images, conditions, p_uncond=cfg.p_uncond,
         p_drop_condition=cfg.p_drop_condition, generator=generator, precomputed=context, unet=unet,
-        snr_gamma=cfg.snr_gamma,
+        snr_gamma=cfg.snr_gamma, timestep_sampling=cfg.timestep_sampling,
     )
 
 

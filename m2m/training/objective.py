@@ -39,6 +39,7 @@ def m2m_loss(
     precomputed: tuple[torch.Tensor, torch.Tensor] | None = None,
     unet=None,
     snr_gamma: float | None = None,
+    timestep_sampling: str = "uniform",
 ) -> torch.Tensor:
     """Eq. 5: E ||ε − ε_θ(z_t^{1:N}, z_0^{1:N}, t)||², every image of the set noised, loss over all N.
 
@@ -49,6 +50,7 @@ def m2m_loss(
     DDP-wrapped model under Accelerate). ``snr_gamma`` weights each set's loss by min-SNR-γ (Hang et al.,
     2023): ``min(SNR(t), γ) / SNR(t)`` for ε, ``min(SNR(t), γ) / (SNR(t) + 1)`` for v-prediction, so the
     low-noise steps, which are easy, stop dominating the gradient; None keeps eq. 5 as written.
+    ``timestep_sampling`` draws t as ``sample_timesteps`` says (uniform: eq. 5 as written).
     """
     model = pipe.unet
     unet = unet if unet is not None else model
@@ -56,7 +58,7 @@ def m2m_loss(
     batch = z0.shape[0]
     device = z0.device
     noise = torch.randn(z0.shape, generator=generator, device=device, dtype=z0.dtype)
-    t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (batch,), generator=generator, device=device)
+    t = sample_timesteps(noise_scheduler, batch, timestep_sampling, generator, device)
     zt = noise_scheduler.add_noise(z0, noise, t)
 
     drop = torch.rand(batch, generator=generator, device=device) < p_uncond
@@ -74,6 +76,21 @@ def m2m_loss(
         return F.mse_loss(pred.float(), target.float())
     per_set = F.mse_loss(pred.float(), target.float(), reduction="none").flatten(1).mean(1)
     return (per_set * min_snr_weight(noise_scheduler, t, snr_gamma)).mean()
+
+
+def sample_timesteps(
+    noise_scheduler, batch: int, how: str = "uniform", generator: torch.Generator | None = None, device=None
+) -> torch.Tensor:
+    """One t per set. ``uniform`` over the scheduler's T steps (eq. 5's expectation); ``logit-normal``:
+    ``t = ⌊T · sigmoid(u)⌋``, u ~ N(0, 1) (Esser et al. 2024, section 3.1), which draws the middle of the
+    schedule, where an image's layout is decided, more often than its nearly clean and pure-noise ends."""
+    steps = noise_scheduler.config.num_train_timesteps
+    if how == "uniform":
+        return torch.randint(0, steps, (batch,), generator=generator, device=device)
+    if how == "logit-normal":
+        u = torch.randn(batch, generator=generator, device=device)
+        return (torch.sigmoid(u) * steps).long().clamp_(0, steps - 1)
+    raise ValueError(f"timestep sampling: unknown {how!r}; expected uniform or logit-normal")
 
 
 def min_snr_weight(noise_scheduler, t: torch.Tensor, gamma: float) -> torch.Tensor:

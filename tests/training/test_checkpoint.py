@@ -129,6 +129,16 @@ def test_settings_must_match_to_resume(tmp_path):
         checkpoint.check_settings(tmp_path, {"lr": 1e-3, "seed": 0}, {"lr": 1e-3, "seed": 1})
 
 
+def test_a_setting_newer_than_the_checkpoint_reads_as_its_old_value(tmp_path):
+    state = {"step": 1, "losses": [], "elapsed_s": 0.0, "train_s": 0.0, "settings": {"lr": 1e-3}}
+    (tmp_path / "trainer_state.json").write_text(json.dumps(state))
+    settings = checkpoint.read_trainer_state(tmp_path)["settings"]
+    assert settings == {"lr": 1e-3, "timestep_sampling": "uniform"}  # a run from before the flag resumes
+    checkpoint.check_settings(tmp_path, settings, {"lr": 1e-3, "timestep_sampling": "uniform"})
+    with pytest.raises(ValueError, match="timestep_sampling='uniform', this run has 'logit-normal'"):
+        checkpoint.check_settings(tmp_path, settings, {"lr": 1e-3, "timestep_sampling": "logit-normal"})
+
+
 def test_unreadable_trainer_state_is_one_clear_error(tmp_path):
     (tmp_path / "trainer_state.json").write_text("{not json")
     with pytest.raises(ValueError, match="trainer_state.json: unreadable"):

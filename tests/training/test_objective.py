@@ -152,3 +152,31 @@ def test_min_snr_weighting_without_a_clip_is_eq_5_for_epsilon(pipe):
         clipped = m2m_loss(pipe, eps, images, generator=seeded(), snr_gamma=0.01)
     torch.testing.assert_close(unclipped, plain)
     assert clipped < plain  # every weight min(SNR, 0.01) / SNR is below 1 here
+
+
+def test_logit_normal_timesteps_draw_the_middle_of_the_schedule_more_often(pipe):
+    from m2m.training.objective import sample_timesteps
+
+    steps = pipe.scheduler.config.num_train_timesteps
+    uniform = sample_timesteps(pipe.scheduler, 20_000, "uniform", seeded())
+    logit = sample_timesteps(pipe.scheduler, 20_000, "logit-normal", seeded())
+    for t in (uniform, logit):
+        assert t.dtype == torch.long and 0 <= t.min() and t.max() < steps
+    middle = [((t >= steps // 4) & (t < 3 * steps // 4)).float().mean().item() for t in (uniform, logit)]
+    assert middle[0] == pytest.approx(0.5, abs=0.02)
+    assert middle[1] == pytest.approx(0.728, abs=0.02)  # P(|u| < log 3) for u ~ N(0, 1)
+    assert logit.float().mean().item() == pytest.approx(steps / 2, rel=0.02)  # symmetric about the middle
+    with pytest.raises(ValueError, match="unknown 'normal'"):
+        sample_timesteps(pipe.scheduler, 4, "normal")
+
+
+def test_the_loss_draws_its_timesteps_as_asked(pipe, monkeypatch):
+    import m2m.training.objective as objective
+
+    asked = []
+    real = objective.sample_timesteps
+    monkeypatch.setattr(objective, "sample_timesteps", lambda *a, **k: asked.append(a[2]) or real(*a, **k))
+    with torch.no_grad():
+        uniform = m2m_loss(pipe, pipe.scheduler, image_sets(), generator=seeded())
+        logit = m2m_loss(pipe, pipe.scheduler, image_sets(), generator=seeded(), timestep_sampling="logit-normal")
+    assert asked == ["uniform", "logit-normal"] and uniform != logit
