@@ -34,7 +34,7 @@ from pathlib import Path
 
 import torch
 
-from learning.common import PRECEDING, export_fp16, load, mean_rows, pair_chance, train_for
+from learning.common import PRECEDING, export_fp16, load, mean_rows, pair_chance, train_command, train_for
 from learning.report import (
     ATTRIBUTES, RESULTS, labelled_grid, plot_curves, run_header, save_atomic, save_json, section, write_section,
 )
@@ -135,7 +135,7 @@ def learning_study(variant: str, mis: Path, work: Path, args) -> dict:
     return {
         "variant": VARIANT_NAMES[variant],
         "train": {k: train_metrics.get(k) for k in train_keys},
-        "trained_by": train_command(variant, train_metrics, config.out) if args.models else None,
+        "trained_by": train_command(train_metrics, out=config.out) if args.models else None,
         "test_sets": len(sets),
         "generate": m,
         "guidance_scale": own,
@@ -146,21 +146,6 @@ def learning_study(variant: str, mis: Path, work: Path, args) -> dict:
         "picture": picture.name,
         "seconds": time.perf_counter() - start,
     }
-
-
-def train_command(variant: str, metrics: dict, out: Path) -> str:
-    """The ``m2m train`` command of a model trained outside this benchmark, from its train_metrics.json."""
-    flags = [f"--variant {variant}", f"--data {metrics['data']}", f"--out {out}", f"--steps {metrics['steps']}",
-             f"--batch-size {metrics['batch_size']}", f"--n-images {metrics['n_images']}", f"--lr {metrics['lr']:g}"]
-    if metrics.get("lr_schedule", "constant") != "constant":
-        flags.append(f"--lr-schedule {metrics['lr_schedule']}")
-    if metrics.get("lr_warmup_steps"):
-        flags.append(f"--lr-warmup-steps {metrics['lr_warmup_steps']}")
-    if metrics.get("snr_gamma"):
-        flags.append(f"--snr-gamma {metrics['snr_gamma']:g}")
-    if metrics.get("ema"):
-        flags.append(f"--ema-decay {metrics['ema_decay']:g}")
-    return " ".join(["m2m train", *flags, f"--seed {metrics['seed']}"])
 
 
 def model_card(study: dict, report: dict, folder: str) -> str:

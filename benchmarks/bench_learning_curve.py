@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from learning.common import PRECEDING, mean_rows
+from learning.common import PRECEDING, mean_rows, train_command
 from learning.report import ATTRIBUTES, RESULTS, run_header, save_atomic, save_json, write_section
 from m2m.data.procedural_detect import MIN_SHAPE_FIT
 
@@ -63,7 +63,7 @@ def checkpoint_pipeline(folder: Path):
 
 
 def score_checkpoint(folder: Path, mis: Path, args) -> dict:
-    from m2m.evaluation.consistency import object_shape_fits
+    from m2m.evaluation.consistency import set_shape_fits
     from m2m.evaluation.evaluate import generate_continuations, preceding_images, set_consistency_per_position
     from m2m.evaluation.image_sets import read_mis_eval_sets
     from m2m.training.checkpoint import read_trainer_state
@@ -75,9 +75,7 @@ def score_checkpoint(folder: Path, mis: Path, args) -> dict:
     generated = generate_continuations(pipe, context, args.generate, PRECEDING, args.steps, None, args.seed, 16)
     row = mean_rows(set_consistency_per_position(generated, references))
     per_image = [references[s] for s in range(generated.shape[0]) for _ in range(generated.shape[1])]
-    fits = [object_shape_fits(image) for image in generated.flatten(0, 1) * 2 - 1]
-    row["shape_fit"] = float(sum(fit[ref["shape"]] for fit, ref in zip(fits, per_image)) / len(fits))
-    row["any_shape_fit"] = float(sum(max(fit.values()) for fit in fits) / len(fits))
+    row.update(set_shape_fits(generated.flatten(0, 1) * 2 - 1, per_image))
     images = state["step"] * settings["batch_size"] * settings["n_images"]
     return {"checkpoint": folder.name, "step": state["step"], "images_seen": images,
             "train_hours": state["train_s"] / 3600, **row}
@@ -100,14 +98,6 @@ def reference_fits(mis: Path, sets: int, size: int = 32) -> dict[str, float]:
     own = [fit[shape] for fit, (_, shape) in zip(fits, images)]
     return {"held-out images": float(sum(own) / len(own)), "blurred by 2 px": float(sum(blurred) / len(blurred)),
             "another shape kind": float(sum(other) / len(other))}
-
-
-def train_command(settings: dict, data: Path) -> str:
-    """The ``m2m train`` options a run's checkpoints record (the ones that shape its weights)."""
-    flags = ["init", "variant", "batch_size", "n_images", "lr", "lr_schedule", "lr_warmup_steps", "snr_gamma",
-             "ema_decay", "seed", "steps"]
-    words = [f"--{k.replace('_', '-')} {settings[k]}" for k in flags if settings.get(k) is not None]
-    return f"m2m train --data {data} " + " ".join(words) + ("" if settings.get("ema") else " --no-ema")
 
 
 def plot(curves: dict[str, list[dict]], name: str = "learning_curve.png") -> Path:

@@ -66,11 +66,21 @@ def shape_fit(generated_images, reference_attrs: dict | Sequence[dict]) -> float
     """Mean fit of each generated image's objects to its set's shape (area-weighted IoU with the shape's
     rasterisation, in [0, 1]), the objects split off as the detector does. A diagnostic beside the
     score, not part of it: it rises before the detector accepts a shape at ``MIN_SHAPE_FIT``."""
+    return set_shape_fits(generated_images, reference_attrs)["shape_fit"]
+
+
+def set_shape_fits(generated_images, reference_attrs: dict | Sequence[dict]) -> dict[str, float]:
+    """``shape_fit`` (the fit to each set's own shape) and ``any_shape_fit`` (the fit to whichever shape
+    kind fits each image's objects best: is a clean shape drawn at all?), from one pass over the objects."""
     images = list(generated_images)
     if not images:
         raise ValueError("shape_fit needs at least one generated image")
     references = _per_image(reference_attrs, len(images))
-    return float(np.mean([object_shape_fits(image)[ref["shape"]] for image, ref in zip(images, references)]))
+    fits = [object_shape_fits(image) for image in images]
+    return {
+        "shape_fit": float(np.mean([fit[ref["shape"]] for fit, ref in zip(fits, references)])),
+        "any_shape_fit": float(np.mean([max(fit.values()) for fit in fits])),
+    }
 
 
 def object_shape_fits(image) -> dict[str, float]:

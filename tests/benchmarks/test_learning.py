@@ -7,7 +7,8 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
-from bench_learning import build_mis, train_command  # noqa: E402
+from bench_learning import build_mis  # noqa: E402
+from learning.common import train_command  # noqa: E402
 
 
 def parsed(command: str):
@@ -24,7 +25,7 @@ def test_the_train_command_of_a_long_run_parses_back_to_its_recipe():
         "lr": 0.001, "lr_schedule": "cosine", "lr_warmup_steps": 500, "snr_gamma": 5.0, "ema": True,
         "ema_decay": 0.999, "seed": 0,
     }
-    args = parsed(train_command("dino", metrics, Path("assets/bench/long2/m2m-dino")))
+    args = parsed(train_command(metrics, out=Path("assets/bench/long2/m2m-dino")))
     assert (args.variant, args.steps, args.batch_size, args.n_images, args.lr) == ("dino", 12000, 4, 5, 0.001)
     assert (args.lr_schedule, args.lr_warmup_steps, args.snr_gamma, args.ema_decay) == ("cosine", 500, 5.0, 0.999)
     assert args.data == Path("assets/bench/learning/mis") and args.out == Path("assets/bench/long2/m2m-dino")
@@ -34,10 +35,18 @@ def test_a_constant_rate_run_without_ema_names_no_recipe_flags_it_did_not_use():
     metrics = {"variant": "self", "data": "mis", "steps": 700, "batch_size": 8, "n_images": 5, "lr": 0.001,
                "lr_schedule": "constant", "lr_warmup_steps": 0, "snr_gamma": None, "ema": False, "ema_decay": 0.995,
                "seed": 3}
-    command = train_command("self", metrics, Path("out"))
+    command = train_command(metrics, out=Path("out"))
     assert "--lr-schedule" not in command and "--snr-gamma" not in command and "--ema-decay" not in command
+    assert "--timestep-sampling" not in command  # a run from before the flag drew t uniformly
     args = parsed(command)
     assert (args.variant, args.steps, args.seed, args.lr_schedule, args.snr_gamma) == ("self", 700, 3, "constant", None)
+    assert args.ema is False and args.timestep_sampling == "uniform"
+
+
+def test_the_train_command_names_a_timestep_sampling_other_than_uniform():
+    metrics = {"variant": "dino", "data": "mis", "steps": 10, "batch_size": 4, "n_images": 5, "lr": 0.001,
+               "timestep_sampling": "logit-normal", "ema": True, "ema_decay": 0.999, "seed": 0}
+    assert parsed(train_command(metrics, out=Path("out"))).timestep_sampling == "logit-normal"
 
 
 def test_a_prefixed_mis_gives_every_set_the_keywords_shape_and_keeps_the_other_attributes(tmp_path):

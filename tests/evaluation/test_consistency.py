@@ -14,6 +14,7 @@ from m2m.evaluation.consistency import (
     nvs_consistency,
     procedure_consistency,
     set_consistency,
+    set_shape_fits,
     shape_fit,
 )
 
@@ -60,6 +61,14 @@ def test_shape_fit_is_high_for_the_sets_shape_lower_for_blurred_or_other_shapes_
     assert set_consistency(blurred, reference)["shape"] == 0.0  # ... that the detector does not accept
     background = Image.new("RGB", images[0].size, (0, 40, 90))
     assert shape_fit([background], reference) == 0.0
+
+
+def test_any_shape_fit_reads_the_best_kind_whatever_the_sets_shape():
+    images, reference = _set("ocean stars polka")
+    own = set_shape_fits(images, reference)
+    wrong = set_shape_fits(images, {**reference, "shape": "ring"})
+    assert own["any_shape_fit"] == pytest.approx(own["shape_fit"])  # the set's own shape fits its stars best
+    assert wrong["any_shape_fit"] == own["any_shape_fit"] and wrong["shape_fit"] < own["shape_fit"] - 0.3
 
 
 def test_bad_calls_are_refused():
