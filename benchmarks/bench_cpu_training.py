@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import os
 import statistics
 import sys
 import tempfile
@@ -34,6 +33,7 @@ from pathlib import Path
 
 import torch
 
+from learning.common import offline_on_cpu
 from learning.report import run_header, save_json, write_section
 
 SECTION = "## Training throughput on CPU"
@@ -146,10 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     from m2m.training import flops
 
     args = parse_args(argv)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    offline_on_cpu(args.threads)
     mis = build_mis(args.work / "mis")
     rows = []
     with tempfile.TemporaryDirectory() as out:

@@ -27,14 +27,22 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 import time
 from pathlib import Path
 
 import torch
 
-from learning.common import PRECEDING, export_fp16, load, mean_rows, pair_chance, train_command, train_for
+from learning.common import (
+    PRECEDING,
+    export_fp16,
+    load,
+    mean_rows,
+    offline_on_cpu,
+    pair_chance,
+    train_command,
+    train_for,
+)
 from learning.report import (
     ATTRIBUTES, RESULTS, labelled_grid, plot_curves, run_header, save_atomic, save_json, section, write_section,
 )
@@ -209,10 +217,7 @@ def parse_args(argv):
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    offline_on_cpu(args.threads)
     start = time.perf_counter()
     mis = build_mis(args.work / "mis")
     manifest = json.loads((mis / "manifest.json").read_text())

@@ -22,14 +22,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
 
 import torch
 
-from learning.common import PRECEDING, mean_rows, train_command
+from learning.common import PRECEDING, mean_rows, offline_on_cpu, train_command
 from learning.report import ATTRIBUTES, RESULTS, run_header, save_atomic, save_json, write_section
 from m2m.data.procedural_detect import MIN_SHAPE_FIT
 
@@ -176,9 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     from m2m.training.checkpoint import list_checkpoints, read_trainer_state
 
     args = parse_args(argv)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    offline_on_cpu(args.threads)
     runs = {}
     for root in args.checkpoints:
         found = list_checkpoints(root)

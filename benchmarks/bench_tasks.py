@@ -22,14 +22,11 @@ condition | jump without | the true targets) and the "Task fine-tuning, M minute
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
 
-import torch
-
-from learning.common import load, train_for
+from learning.common import load, offline_on_cpu, train_for
 from learning.report import RESULTS, labelled_grid, run_header, save_atomic, save_json, table, write_section
 from learning.tasks import PROTOCOLS, TASKS, chance, continue_items, fixtures, heldout_items, score
 from m2m.models.context import context_encoder
@@ -109,9 +106,9 @@ def section(report: dict) -> str:
         f"`{' '.join(['python benchmarks/bench_tasks.py', a['argv']]).strip()}` on {report['machine']} "
         f"({report['minutes_total']:.0f} min "
         f"in all): each pre-trained tiny model fine-tuned {a['minutes']:g} min per task on {a['task_items']} "
-        f"fixture items ({a['task_sample']}s of N = {a['n_images']} images), scored on {a['sets']} held-out items, DDIM {a['steps']} "
-        "steps. Sequence: targets one after another; jump: each target from the real context alone, where "
-        "only the condition tells which view or step is asked for.",
+        f"fixture items ({a['task_sample']}s of N = {a['n_images']} images), scored on {a['sets']} held-out items, "
+        f"DDIM {a['steps']} steps. Sequence: targets one after another; jump: each target from the real context "
+        "alone, where only the condition tells which view or step is asked for.",
         "",
     ]
     for variant, tasks in report["studies"].items():
@@ -171,9 +168,7 @@ def parse_args(argv):
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    offline_on_cpu(args.threads)
     start = time.perf_counter()
     studies = {v: {t: task_study(v, t, args) for t in args.tasks} for v in args.variants}
     report = {**run_header(args, argv), "studies": studies, "minutes_total": (time.perf_counter() - start) / 60}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from dataclasses import replace
 from pathlib import Path
@@ -11,6 +12,17 @@ import numpy as np
 
 CALIBRATION_STEPS = 10
 PRECEDING = 4  # K preceding images, and the window W
+
+
+def offline_on_cpu(threads: int | None) -> None:
+    """What every learning benchmark runs under: nothing fetched from a hub, and ``threads`` torch threads
+    (None: torch's default, all cores)."""
+    import torch
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    if threads:
+        torch.set_num_threads(threads)
 
 
 def train_for(config, minutes: float, reuse: bool = False) -> dict:
