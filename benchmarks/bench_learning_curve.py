@@ -129,7 +129,9 @@ def plot(curves: dict[str, list[dict]], name: str = "learning_curve.png") -> Pat
 
 
 def section(report: dict, heading: str = SECTION, stem: str = "learning_curve") -> str:
-    raw = f"results/{stem}.json" if stem != "learning_curve" else "results/learning_curve_<variant>.json"
+    raw = "results/learning_curve_<variant>.json" if stem == "learning_curve" else f"results/{stem}.json"
+    if stem != "learning_curve" and len(report["runs"]) > 1:
+        raw = f"results/{stem}-<variant>.json"
     lines = [heading, "", f"`python benchmarks/bench_learning_curve.py {report['settings']['argv']}` on "
              f"{report['machine']}: every checkpoint of each run, scored on {report['settings']['sets']} held-out "
              f"sets x {report['settings']['generate']} generated images (K = 4, DDIM {report['settings']['steps']}; "
@@ -151,6 +153,14 @@ def section(report: dict, heading: str = SECTION, stem: str = "learning_curve") 
               + (f" The same fit on the held-out sets' preceding images: {reference}." if reference else ""), "",
               f"![consistency of each checkpoint against images seen](results/{stem}.png)", ""]
     return "\n".join(lines)
+
+
+def results_name(label: str | None, variant: str, runs: int) -> str:
+    """The results file of one run: its variant, or the pilot's label (with the variant when the label
+    names several runs)."""
+    if label is None:
+        return variant
+    return label if runs == 1 else f"{label}-{variant}"
 
 
 def parse_args(argv):
@@ -177,12 +187,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     offline_on_cpu(args.threads)
     runs = {}
+    variants = {}
     for root in args.checkpoints:
         found = list_checkpoints(root)
         if not found:
             raise SystemExit(f"{root}: no complete checkpoints")
-        variant = read_trainer_state(found[0])["settings"]["variant"]
-        cache = RESULTS / f"learning_curve_{args.label or variant}.json"
+        variants[root] = read_trainer_state(found[0])["settings"]["variant"]
+    if len(set(variants.values())) < len(variants):
+        raise SystemExit("--checkpoints: two runs of one variant; score each with its own --label")
+    for root, variant in variants.items():
+        found = list_checkpoints(root)
+        cache = RESULTS / f"learning_curve_{results_name(args.label, variant, len(variants))}.json"
         protocol = {k: getattr(args, k) for k in ("sets", "generate", "steps", "seed")}
         old = json.loads(cache.read_text(encoding="utf-8")) if cache.is_file() else {}
         same = old.get("protocol") == protocol and old.get("checkpoints") == str(root)

@@ -17,7 +17,9 @@ from tests.training.test_loop import mis  # noqa: F401 - the tiny MIS fixture
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 from bench_learning_curve import (  # noqa: E402
     checkpoint_pipeline,
+    main,
     reference_fits,
+    results_name,
     score_checkpoint,
     section,
     train_command,
@@ -88,3 +90,19 @@ def test_a_pilot_from_an_init_folder_loads_with_its_own_architecture(mis, tmp_pa
     mine = pipe.unet.state_dict()
     assert saved.keys() == mine.keys() and all(torch.equal(saved[k], mine[k]) for k in saved)
     assert f"--init {init}" in train_command(settings, mis)
+
+
+def test_each_run_of_a_labelled_pilot_keeps_its_own_results_file():
+    assert results_name(None, "dino", 2) == "dino"  # the main curve: one file per variant
+    assert results_name("wide", "dino", 1) == "wide"  # a one-run pilot, as its files are named
+    assert {results_name("long3", v, 2) for v in ("dino", "self")} == {"long3-dino", "long3-self"}
+
+
+def test_two_runs_of_one_variant_are_refused_before_anything_is_scored(tmp_path):
+    for run in ("a", "b"):
+        folder = tmp_path / run / "checkpoint-000001"
+        folder.mkdir(parents=True)
+        state = {"step": 1, "losses": [], "elapsed_s": 0.0, "train_s": 0.0, "settings": {"variant": "dino"}}
+        (folder / "trainer_state.json").write_text(json.dumps(state))
+    with pytest.raises(SystemExit, match="two runs of one variant"):
+        main(["--checkpoints", str(tmp_path / "a"), str(tmp_path / "b"), "--label", "x"])
