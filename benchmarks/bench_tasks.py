@@ -6,17 +6,20 @@ generated image exactly: novel views by palette (object) and the nearest true vi
 degrees of the asked camera), procedures by palette, shape and fill level (progress).
 
 1. Each pre-trained model (``--pretrained``, the shipped ``models/tiny-m2m-*`` by default) is fine-tuned on
-   both fixtures for ``--minutes``, reading random subsets of each item's images (``--task-sample``).
+   both fixtures for ``--minutes`` (steps sized by a timed calibration, so they depend on how busy the cores
+   are) or for exactly ``--train-steps``, reading random subsets of each item's images (``--task-sample``).
 2. On held-out objects / methods, views 1, 3, 6, 9 after view 0 and steps 3-6 after steps 1-2 are
    generated one after another (sequence) and each from the real context alone (jump), with the condition
    (s_C = 1 in eq. 7) and with it ignored (s_C = 0), next to the model before fine-tuning and chance.
 
 Writes ``benchmarks/results/tasks_<M>min.json``, ``tasks_<M>min_<variant>_<task>.png`` (context | jump with the
 condition | jump without | the true targets) and the "Task fine-tuning, M minutes per task" section of
-``benchmarks/RESULTS.md``: runs with other budgets keep their own results.
+``benchmarks/RESULTS.md`` (``tasks_<S>steps`` and "S steps per task" with ``--train-steps``): runs with other
+budgets keep their own results.
 
     python benchmarks/bench_tasks.py                          # about 35 minutes on 2 CPU cores
     python benchmarks/bench_tasks.py --variants dino --tasks procedure --minutes 3   # a quicker look
+    python benchmarks/bench_tasks.py --variants dino --tasks procedure --train-steps 3000   # the same steps anywhere
 """
 
 from __future__ import annotations
@@ -37,9 +40,18 @@ VARIANT_NAMES = {name: context_encoder(name).display_name for name in ("self", "
 WITH, WITHOUT, BEFORE = "fine-tuned, condition (s_C = 1)", "fine-tuned, condition ignored (s_C = 0)", "not fine-tuned"
 
 
-def stem(minutes: float) -> str:
+def budget(settings) -> tuple[float, str]:
+    """A run's fine-tuning budget per task: ``(--train-steps, "steps")`` or ``(--minutes, "minutes")``."""
+    if isinstance(settings, dict):
+        settings = argparse.Namespace(**settings)
+    steps = getattr(settings, "train_steps", None)  # runs from before the option have minutes only
+    return (steps, "steps") if steps else (settings.minutes, "minutes")
+
+
+def stem(settings) -> str:
     """Results of a run are named by its budget, so that runs with other budgets keep theirs."""
-    return f"tasks_{minutes:g}min"
+    amount, unit = budget(settings)
+    return f"tasks_{amount:g}{'min' if unit == 'minutes' else 'steps'}"
 
 
 def task_name(task: str) -> str:
@@ -53,8 +65,9 @@ def task_name(task: str) -> str:
     return f"{name} ({what} {numbers(targets)} from {what} {numbers(range(k))})"
 
 
-def heading(minutes: float) -> str:
-    return f"## Task fine-tuning, {minutes:g} minutes per task"
+def heading(settings) -> str:
+    amount, unit = budget(settings)
+    return f"## Task fine-tuning, {amount:g} {unit} per task"
 
 
 def task_study(variant: str, task: str, args) -> dict:
@@ -67,7 +80,8 @@ def task_study(variant: str, task: str, args) -> dict:
         out=args.work / f"m2m-{variant}-{task}", variant=variant, data=None, init=pretrained, task=task,
         task_data=train_root, task_sample=args.task_sample, n_images=args.n_images, seed=args.seed, log_every=50,
     )
-    train_metrics = train_for(config, args.minutes, reuse=args.reuse)
+    amount, unit = budget(args)
+    train_metrics = train_for(config, **{unit: amount}, reuse=args.reuse)
     tuned, before = load(config.out), load(pretrained)
     images, cond, attributes = heldout_items(task, heldout, args.sets, tuned.image_size)
     k, targets, _ = TASKS[task]
@@ -79,7 +93,7 @@ def task_study(variant: str, task: str, args) -> dict:
             rows[name] = score(task, generated[protocol, name], images, cond, attributes, targets)
         rows["chance"] = chance(task, attributes)
         result[protocol] = rows
-    picture = RESULTS / f"{stem(args.minutes)}_{variant}_{task}.png"
+    picture = RESULTS / f"{stem(args)}_{variant}_{task}.png"
     columns = {
         "context": (images[:6, :k] + 1) / 2,
         "jump, s_C = 1": generated["jump", WITH][:6],
@@ -100,12 +114,13 @@ def follows(result: dict, task: str) -> float:
 def section(report: dict) -> str:
     """The "Task fine-tuning" section of RESULTS.md for one run."""
     a = report["settings"]
+    amount, unit = budget(a)
     lines = [
-        heading(a["minutes"]),
+        heading(a),
         "",
         f"`{' '.join(['python benchmarks/bench_tasks.py', a['argv']]).strip()}` on {report['machine']} "
         f"({report['minutes_total']:.0f} min "
-        f"in all): each pre-trained tiny model fine-tuned {a['minutes']:g} min per task on {a['task_items']} "
+        f"in all): each pre-trained tiny model fine-tuned {amount:g} {unit} per task on {a['task_items']} "
         f"fixture items ({a['task_sample']}s of N = {a['n_images']} images), scored on {a['sets']} held-out items, "
         f"DDIM {a['steps']} steps. Sequence: targets one after another; jump: each target from the real context "
         "alone, where only the condition tells which view or step is asked for.",
@@ -144,6 +159,7 @@ def parse_args(argv):
     parser.add_argument("--variants", nargs="+", choices=list(VARIANT_NAMES), default=list(VARIANT_NAMES))
     parser.add_argument("--tasks", nargs="+", choices=list(TASKS), default=list(TASKS))
     parser.add_argument("--minutes", type=float, default=5.0, help="fine-tuning budget per task and variant (<= 15)")
+    parser.add_argument("--train-steps", type=int, help="fine-tune exactly this many steps instead of --minutes")
     parser.add_argument("--task-sample", choices=TASK_SAMPLES, default="subset", help="m2m train --task-sample")
     parser.add_argument("--n-images", type=int, default=3, help="images N of a fine-tuning item (m2m train --n-images)")
     parser.add_argument("--task-items", type=int, default=64, help="objects / methods in each training fixture")
@@ -158,6 +174,8 @@ def parse_args(argv):
     args = parser.parse_args(argv)
     if not 0 < args.minutes <= 15:
         parser.error("--minutes must be in (0, 15]")
+    if args.train_steps is not None and args.train_steps < 1:
+        parser.error(f"--train-steps must be at least 1, got {args.train_steps}")
     if args.sets < 2 or args.task_items < 1:
         parser.error("--sets must be >= 2 and --task-items >= 1")
     for variant in args.variants:
@@ -172,8 +190,8 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     studies = {v: {t: task_study(v, t, args) for t in args.tasks} for v in args.variants}
     report = {**run_header(args, argv), "studies": studies, "minutes_total": (time.perf_counter() - start) / 60}
-    save_json(report, f"{stem(args.minutes)}.json")
-    write_section(section(report), heading(args.minutes))
+    save_json(report, f"{stem(args)}.json")
+    write_section(section(report), heading(args))
     for variant, tasks in studies.items():
         for task, result in tasks.items():
             attribute = TASKS[task][2]

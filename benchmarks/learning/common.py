@@ -25,44 +25,28 @@ def offline_on_cpu(threads: int | None) -> None:
         torch.set_num_threads(threads)
 
 
-def train_for(config, minutes: float, reuse: bool = False) -> dict:
-    """Train for about ``minutes``: a short run measures seconds per step, then resuming from its checkpoint
-    trains to the step count that fits (the same weights as one uninterrupted run of that length).
+def train_for(config, minutes: float | None = None, steps: int | None = None, reuse: bool = False) -> dict:
+    """Train for ``steps`` optimizer steps, or for about ``minutes``: a short run measures seconds per step,
+    then resuming from its checkpoint trains to the step count that fits (the same weights as one
+    uninterrupted run of that length).
 
     ``reuse``: a model already in ``config.out`` is kept and its training metrics returned."""
     from m2m.training.loop import train
 
+    if (minutes is None) == (steps is None):
+        raise ValueError("train_for: give minutes or steps, not both")
     metrics = config.out / "train_metrics.json"
     if reuse and metrics.is_file():
         return json.loads(metrics.read_text(encoding="utf-8"))
 
     shutil.rmtree(config.checkpoints, ignore_errors=True)
+    if steps is not None:
+        return train(replace(config, steps=steps, checkpoint_every=steps))
     first = train(replace(config, steps=CALIBRATION_STEPS, checkpoint_every=CALIBRATION_STEPS))
     total = max(CALIBRATION_STEPS, round(minutes * 60 / first["s_per_step"]))
     if total == CALIBRATION_STEPS:
         return first
     return train(replace(config, steps=total, checkpoint_every=total, resume=True))
-
-
-def train_command(settings: dict, data=None, out: Path | None = None) -> str:
-    """The ``m2m train`` command of a run, from the settings it recorded (a checkpoint's trainer state or
-    its train_metrics.json): the recipe flags it used, none it left at their defaults."""
-    flags = [f"--variant {settings['variant']}", f"--data {data if data is not None else settings['data']}"]
-    flags += [f"--out {out}"] if out is not None else []
-    flags += [f"--init {settings['init']}"] if settings.get("init") else []
-    flags += [f"--steps {settings['steps']}"] if settings.get("steps") is not None else []
-    flags += [f"--batch-size {settings['batch_size']}", f"--n-images {settings['n_images']}",
-              f"--lr {settings['lr']:g}"]
-    if settings.get("lr_schedule", "constant") != "constant":
-        flags.append(f"--lr-schedule {settings['lr_schedule']}")
-    if settings.get("lr_warmup_steps"):
-        flags.append(f"--lr-warmup-steps {settings['lr_warmup_steps']}")
-    if settings.get("snr_gamma"):
-        flags.append(f"--snr-gamma {settings['snr_gamma']:g}")
-    if settings.get("timestep_sampling", "uniform") != "uniform":
-        flags.append(f"--timestep-sampling {settings['timestep_sampling']}")
-    flags.append(f"--ema-decay {settings['ema_decay']:g}" if settings.get("ema") else "--no-ema")
-    return " ".join(["m2m train", *flags, f"--seed {settings['seed']}"])
 
 
 def load(folder: Path):

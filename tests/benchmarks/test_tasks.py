@@ -12,6 +12,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 from learning.tasks import continue_items  # noqa: E402
+from tests.training.test_loop import mis  # noqa: E402, F401 - the tiny MIS fixture
 
 
 class Echo:
@@ -62,3 +63,27 @@ def test_sequence_continues_in_target_order_and_no_condition_reaches_an_uncondit
     pipe = Echo()
     assert continue_items(pipe, images, steps, 1, (3, 1), "jump", None, ARGS).abs().sum() == 0
     assert all(c is None for _, c in pipe.calls)
+
+
+def test_a_run_is_named_by_its_budget_in_minutes_or_in_steps():
+    from bench_tasks import budget, heading, stem
+
+    minutes = {"minutes": 15.0, "train_steps": None}
+    steps = {"minutes": 5.0, "train_steps": 3000}
+    assert (stem(minutes), heading(minutes)) == ("tasks_15min", "## Task fine-tuning, 15 minutes per task")
+    assert (stem(steps), heading(steps)) == ("tasks_3000steps", "## Task fine-tuning, 3000 steps per task")
+    assert budget({"minutes": 5.0}) == (5.0, "minutes")  # a results file from before --train-steps
+    assert stem(argparse.Namespace(**steps)) == "tasks_3000steps"
+
+
+@pytest.mark.usefixtures("one_thread", "fresh_accelerate_state")
+def test_a_step_budget_trains_exactly_those_steps(mis, tmp_path):  # noqa: F811
+    from learning.common import train_for
+
+    from m2m.training.config import TrainConfig
+
+    config = TrainConfig(out=tmp_path / "m2m-dino", data=mis, variant="dino", batch_size=2,
+                         n_images=3, log_every=1, sample_steps=1, sample_sets=1, sample_context=1, sample_generate=1)
+    assert train_for(config, steps=3)["steps"] == 3
+    with pytest.raises(ValueError, match="minutes or steps"):
+        train_for(config, minutes=1.0, steps=3)
