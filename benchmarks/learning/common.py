@@ -49,6 +49,27 @@ def train_for(config, minutes: float | None = None, steps: int | None = None, re
     return train(replace(config, steps=total, checkpoint_every=total, resume=True))
 
 
+def train_command(settings: dict, data=None, out: Path | None = None) -> str:
+    """The ``m2m train`` command of a run, from the settings it recorded (a checkpoint's trainer state or
+    its train_metrics.json): the recipe flags it used, none it left at their defaults."""
+    flags = [f"--variant {settings['variant']}", f"--data {data if data is not None else settings['data']}"]
+    flags += [f"--out {out}"] if out is not None else []
+    flags += [f"--init {settings['init']}"] if settings.get("init") else []
+    flags += [f"--steps {settings['steps']}"] if settings.get("steps") is not None else []
+    flags += [f"--batch-size {settings['batch_size']}", f"--n-images {settings['n_images']}",
+              f"--lr {settings['lr']:g}"]
+    if settings.get("lr_schedule", "constant") != "constant":
+        flags.append(f"--lr-schedule {settings['lr_schedule']}")
+    if settings.get("lr_warmup_steps"):
+        flags.append(f"--lr-warmup-steps {settings['lr_warmup_steps']}")
+    if settings.get("snr_gamma"):
+        flags.append(f"--snr-gamma {settings['snr_gamma']:g}")
+    if settings.get("timestep_sampling", "uniform") != "uniform":
+        flags.append(f"--timestep-sampling {settings['timestep_sampling']}")
+    flags.append(f"--ema-decay {settings['ema_decay']:g}" if settings.get("ema") else "--no-ema")
+    return " ".join(["m2m train", *flags, f"--seed {settings['seed']}"])
+
+
 def load(folder: Path):
     """A saved pipeline on the CPU in float32 (the shipped float16 models included)."""
     from m2m.pipeline import load_on
