@@ -187,16 +187,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     offline_on_cpu(args.threads)
     runs = {}
-    variants = {}
-    for root in args.checkpoints:
-        found = list_checkpoints(root)
+    found_in = {root: list_checkpoints(root) for root in args.checkpoints}
+    for root, found in found_in.items():
         if not found:
             raise SystemExit(f"{root}: no complete checkpoints")
-        variants[root] = read_trainer_state(found[0])["settings"]["variant"]
+    variants = {root: read_trainer_state(found[0])["settings"]["variant"] for root, found in found_in.items()}
     if len(set(variants.values())) < len(variants):
         raise SystemExit("--checkpoints: two runs of one variant; score each with its own --label")
     for root, variant in variants.items():
-        found = list_checkpoints(root)
+        found = found_in[root]
         cache = RESULTS / f"learning_curve_{results_name(args.label, variant, len(variants))}.json"
         protocol = {k: getattr(args, k) for k in ("sets", "generate", "steps", "seed")}
         old = json.loads(cache.read_text(encoding="utf-8")) if cache.is_file() else {}
