@@ -7,7 +7,10 @@ proof-of-learning MIS, per variant and per option, measured in one process as ra
 - ``fused AdamW``: ``torch.optim.AdamW(fused=True)``;
 - ``channels_last``: the UNet's weights (and so its activations) in NHWC;
 - ``torch.compile``: the UNet through ``torch.compile`` (inductor's C++ CPU backend; the first step's
-  compilation is reported apart and left out of the timed steps, later recompilations are not).
+  compilation is reported apart and left out of the timed steps, later recompilations are not);
+- ``bf16 autocast``: ``m2m train --mixed-precision bf16`` (Accelerate's CPU autocast: matmuls and
+  convolutions in bfloat16, fp32 weights, optimizer and loss), which pays where the cores have bfloat16
+  dot-product instructions (AVX512-BF16, AMX).
 
 Per row: images/s over the timed steps (data loading included), the share of that time spent waiting for
 data, the slowest step against the median (a stall shows as a large ratio) and the model-FLOP utilisation
@@ -37,7 +40,7 @@ from learning.common import offline_on_cpu
 from learning.report import run_header, save_json, write_section
 
 SECTION = "## Training throughput on CPU"
-OPTIONS = ("as shipped", "fused AdamW", "channels_last", "torch.compile")
+OPTIONS = ("as shipped", "fused AdamW", "channels_last", "torch.compile", "bf16 autocast")
 VARIANT_NAMES = {"self": "M2M-Self", "dino": "M2M-DINO"}
 
 
@@ -61,8 +64,11 @@ def measure(variant: str, option: str, mis: Path, args, out: Path) -> dict:
     config = TrainConfig(
         out=out / f"{variant}-{option.replace(' ', '_').replace('.', '_')}", variant=variant, data=mis,
         steps=args.warmup + args.steps, batch_size=args.batch_size, n_images=5, checkpoint_every=0,
-        log_every=10**9, seed=0, mixed_precision="no",
+        log_every=10**9, seed=0, mixed_precision="bf16" if option == "bf16 autocast" else "no",
     )
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)  # each row's Accelerator sets its own precision
     with optimizer_kind(option):
         run = start_run(config)
     compile_s = 0.0
@@ -103,8 +109,9 @@ def section(report: dict) -> str:
         SECTION, "",
         f"`python benchmarks/bench_cpu_training.py {s['argv']}`".replace(" `", "`") + f" on {report['machine']}: "
         f"the training loop of `m2m train` on the proof-of-learning MIS, {s['batch_size']} sets x 5 images per "
-        f"step, {s['steps']} timed steps after {s['warmup']} untimed, fp32; fp32 matmul peak of the same threads "
-        f"in the same process: {report['peak_gflops']:.0f} GFLOP/s. Raw numbers: `results/cpu_training.json`.",
+        f"step, {s['steps']} timed steps after {s['warmup']} untimed, fp32 unless the option says otherwise; fp32 "
+        f"matmul peak of the same threads in the same process: {report['peak_gflops']:.0f} GFLOP/s (a bfloat16 row's "
+        f"MFU is against this fp32 peak too). Raw numbers: `results/cpu_training.json`.",
         "",
         "| model | option | img/s | against as shipped | waiting for data | slowest step / median | MFU |",
         "|---|---|---|---|---|---|---|",

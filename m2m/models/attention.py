@@ -8,6 +8,10 @@ so the first image (no preceding image) has a defined softmax.
 
 The mask is never materialised: one ``scaled_dot_product_attention`` call per group of noisy images
 that see the same prefix keeps the flash kernel (a dense boolean mask costs ~9x on a GPU).
+
+On CPU under bfloat16 (``m2m train --mixed-precision bf16``) the attention kernels themselves run in
+float32 (``scaled_dot_product``): the projections, feed-forwards and convolutions around them gain from
+bfloat16, the CPU flash kernel's bfloat16 path loses (benchmarks/RESULTS.md, "Training throughput on CPU").
 """
 
 from __future__ import annotations
@@ -19,6 +23,31 @@ import torch
 import torch.nn.functional as F
 from diffusers.models.attention_processor import AttnProcessor2_0
 from torch import nn
+
+
+def bfloat16_on_cpu(t: torch.Tensor) -> bool:
+    """Whether ``t``'s attention would run in bfloat16 on CPU: a bfloat16 tensor, or CPU autocast to bfloat16."""
+    if t.device.type != "cpu":
+        return False
+    return t.dtype == torch.bfloat16 or (
+        torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+    )
+
+
+def scaled_dot_product(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``softmax(Q K^T / sqrt(d)) V`` by ``F.scaled_dot_product_attention``; bfloat16 on CPU runs in float32.
+
+    The CPU flash kernel's bfloat16 backward is slower than its float32 one at these sizes (2x at 256
+    tokens of 16 channels per head, 7x at 64), so a step under CPU autocast is faster with the kernel in
+    float32 and the rest in bfloat16 (benchmarks/bench_cpu_training.py); the result keeps ``q``'s dtype.
+    """
+    if q.device.type == "cpu" and q.dtype == torch.bfloat16:
+        mask = None if attn_mask is None else attn_mask.float()
+        with torch.autocast("cpu", enabled=False):
+            return F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask).to(q.dtype)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
 
 
 def image_set_attention(
@@ -45,7 +74,7 @@ def image_set_attention(
         n_keys = 1 + n_visible * tokens_per_image
         kk = k[:, :n_keys].reshape(batch, n_keys, heads, d_head).transpose(1, 2)
         vv = v[:, :n_keys].reshape(batch, n_keys, heads, d_head).transpose(1, 2)
-        o = F.scaled_dot_product_attention(qq.reshape(batch, -1, heads, d_head).transpose(1, 2), kk, vv)
+        o = scaled_dot_product(qq.reshape(batch, -1, heads, d_head).transpose(1, 2), kk, vv)
         return o.transpose(1, 2).reshape(batch, -1, q_len, dim)
 
     if all(n == visible[0] for n in visible):  # sampling: every noisy image sees the same context
@@ -98,7 +127,7 @@ def repeated_context_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
     kk = k.reshape(batch, n_keys, heads, d_head).transpose(1, 2)
     vv = v.reshape(batch, n_keys, heads, d_head).transpose(1, 2)
     qq = q.reshape(batch, -1, heads, d_head).transpose(1, 2)
-    o = F.scaled_dot_product_attention(qq, kk, vv, attn_mask=bias.view(1, 1, 1, n_keys))
+    o = scaled_dot_product(qq, kk, vv, attn_mask=bias.view(1, 1, 1, n_keys))
     return o.transpose(1, 2).reshape(batch, n_query, q_len, dim)
 
 
@@ -127,13 +156,25 @@ class ImageSetCall:
 
 
 class SelfAttnProcessor(AttnProcessor2_0):
-    """The UNet's own self-attention (``attn1``) exactly as diffusers computes it. diffusers hands every
+    """The UNet's own self-attention (``attn1``) as diffusers computes it. diffusers hands every
     ``cross_attention_kwargs`` entry to both attentions of a block; this one takes ``image_set`` and
-    leaves it to Image-Set Attention."""
+    leaves it to Image-Set Attention. In bfloat16 on CPU a transformer block's plain self-attention runs its
+    kernel in float32 (``scaled_dot_product``); everything else is diffusers' ``AttnProcessor2_0``."""
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None,
                  image_set: ImageSetCall | None = None):
-        return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
+        plain = (
+            encoder_hidden_states is None and attention_mask is None and hidden_states.ndim == 3
+            and attn.spatial_norm is None and attn.group_norm is None and attn.norm_q is None
+            and attn.norm_k is None and not attn.residual_connection and attn.rescale_output_factor == 1.0
+        )
+        if not (plain and bfloat16_on_cpu(hidden_states)):
+            return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
+        batch, heads = hidden_states.shape[0], attn.heads
+        q, k, v = (proj(hidden_states).unflatten(-1, (heads, -1)).transpose(1, 2)
+                   for proj in (attn.to_q, attn.to_k, attn.to_v))
+        out = scaled_dot_product(q, k, v).transpose(1, 2).reshape(batch, -1, q.shape[1] * q.shape[-1])
+        return attn.to_out[1](attn.to_out[0](out))
 
 
 class ImageSetAttnProcessor(nn.Module):

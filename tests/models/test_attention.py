@@ -1,7 +1,12 @@
 import pytest
 import torch
 
-from m2m.models.attention import image_set_attention, masked_attention_reference, repeated_context_attention
+from m2m.models.attention import (
+    image_set_attention,
+    masked_attention_reference,
+    repeated_context_attention,
+    scaled_dot_product,
+)
 
 
 @pytest.mark.parametrize("visible", [[0, 1, 2, 3], [3], [2, 2, 0], [0]])
@@ -47,3 +52,49 @@ def test_visible_must_cover_every_noisy_image():
     k = v = torch.randn(1, 1 + 4, 8)
     with pytest.raises(ValueError, match="visible has 1 entries for 2 noisy images"):
         image_set_attention(q, k, v, [1], heads=2, tokens_per_image=4)
+
+
+@pytest.fixture
+def kernel_dtypes(monkeypatch):
+    """The dtypes every ``F.scaled_dot_product_attention`` call receives (ours and diffusers' alike)."""
+    seen, kernel = [], torch.nn.functional.scaled_dot_product_attention
+
+    def spy(q, k, v, *args, **kwargs):
+        seen.append(q.dtype)
+        return kernel(q, k, v, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
+    return seen
+
+
+def test_bfloat16_on_cpu_attends_in_float32(kernel_dtypes):
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 4, 64, 16) for _ in range(3))
+    bias = torch.randn(1, 1, 1, 64)
+    out = scaled_dot_product(q.bfloat16(), k.bfloat16(), v.bfloat16(), attn_mask=bias.bfloat16())
+    reference = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+    assert out.dtype == torch.bfloat16 and kernel_dtypes[0] == torch.float32
+    assert torch.allclose(out.float(), reference, atol=0.05)
+    assert scaled_dot_product(q, k, v).dtype == torch.float32  # float32 stays as it is
+
+
+@pytest.mark.parametrize("variant", ["self", "dino"])
+def test_unet_under_cpu_autocast_runs_every_attention_kernel_in_float32(sd_unet, variant, kernel_dtypes):
+    """``m2m train --mixed-precision bf16`` on CPU: self-attention and Image-Set Attention (training's joint
+    and context passes) keep their kernels in float32 and predict what the float32 model predicts."""
+    from m2m.models.unet import M2MUNet
+    from tests.models.conftest import randomize_image_set_attention
+
+    model = M2MUNet.from_sd_unet(sd_unet, variant, context_dim=16)
+    randomize_image_set_attention(model)
+    torch.manual_seed(0)
+    noisy = torch.randn(2, 3, 3, 32, 32)
+    context = torch.randn(2, 3, 3, 32, 32) if variant == "self" else torch.randn(2, 3, 9, 16)
+    with torch.no_grad():
+        full = model(noisy, 500, context=context)
+        kernel_dtypes.clear()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            mixed = model(noisy, 500, context=context)
+    layers = sum(1 for name, _ in model.named_modules() if name.endswith(("attn1", "attn2")))
+    assert len(kernel_dtypes) >= layers and set(kernel_dtypes) == {torch.float32}
+    assert (mixed.float() - full).abs().max() < 0.05 * full.abs().max()
