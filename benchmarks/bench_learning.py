@@ -40,6 +40,7 @@ from learning.common import (
     mean_rows,
     offline_on_cpu,
     pair_chance,
+    precision_stretches,
     train_command,
     train_for,
 )
@@ -161,6 +162,8 @@ def model_card(study: dict, report: dict, folder: str) -> str:
     t, c = study["train"], study["conditions"]
     command = study["trained_by"] or f"python benchmarks/bench_learning.py {report['settings']['argv']}"
     where = f"{t['device']}, one process" if study["trained_by"] else report["machine"]
+    stretches = precision_stretches(t.get("precision_from_step"))
+    where += f"; {stretches}" if stretches else ""
     chance = c["chance (two test sets agree)"]
     above = [a for a in ATTRIBUTES if c["trained"][a] >= chance[a] + 0.1]
     below = [a for a in ATTRIBUTES if a not in above]

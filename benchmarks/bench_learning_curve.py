@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from learning.common import PRECEDING, mean_rows, offline_on_cpu, train_command
+from learning.common import PRECEDING, mean_rows, offline_on_cpu, precision_stretches, train_command
 from learning.report import ATTRIBUTES, RESULTS, run_header, save_atomic, save_json, write_section
 from m2m.data.procedural_detect import MIN_SHAPE_FIT
 
@@ -137,7 +137,7 @@ def section(report: dict, heading: str = SECTION, stem: str = "learning_curve") 
              f"sets x {report['settings']['generate']} generated images (K = 4, DDIM {report['settings']['steps']}; "
              f"the judge of the proof of learning). Raw numbers: `{raw}`.", ""]
     for variant, run in report["runs"].items():
-        lines += [f"{VARIANT_NAMES[variant]}, trained by `{run['command']}`:", "",
+        lines += [f"{VARIANT_NAMES[variant]}, trained by `{run['command']}`{precision_note(run)}:", "",
                   "| step | images seen | CPU hours | palette | shape | texture | score | shape fit | any-shape fit |",
                   "|---" * 9 + "|"]
         lines += [f"| {r['step']} | {r['images_seen']:,} | {r['train_hours']:.2f} | "
@@ -153,6 +153,12 @@ def section(report: dict, heading: str = SECTION, stem: str = "learning_curve") 
               + (f" The same fit on the held-out sets' preceding images: {reference}." if reference else ""), "",
               f"![consistency of each checkpoint against images seen](results/{stem}.png)", ""]
     return "\n".join(lines)
+
+
+def precision_note(run: dict) -> str:
+    """Which steps of a run ran in which ``--mixed-precision``, where a resumed run changed it."""
+    said = precision_stretches(run.get("precision"))
+    return f" ({said})" if said else ""
 
 
 def results_name(label: str | None, variant: str, runs: int) -> str:
@@ -208,8 +214,12 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{variant} {folder.name}: score {done[folder.name]['score']:.2f} "
                       f"(shape {done[folder.name]['shape']:.2f}) in {time.perf_counter() - start:.0f} s", flush=True)
         rows = sorted(done.values(), key=lambda row: row["step"])  # a run keeps its newest checkpoints only
-        command = train_command(read_trainer_state(found[-1])["settings"], args.data)
-        runs[variant] = {"checkpoints": str(root), "protocol": protocol, "command": command, "rows": rows}
+        state = read_trainer_state(found[-1])
+        precision = state.get("precision", [])  # [first step, precision] of each stretch, where recorded
+        command = train_command({**state["settings"], "mixed_precision": precision[-1][1] if precision else None},
+                                args.data)
+        runs[variant] = {"checkpoints": str(root), "protocol": protocol, "command": command, "rows": rows,
+                         "precision": precision}
         save_json({**runs[variant]}, cache.name)
     report = {**run_header(args, argv), "runs": runs, "reference_fits": reference_fits(args.data, args.sets)}
     stem = f"learning_curve_{args.label}" if args.label else "learning_curve"

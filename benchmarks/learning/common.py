@@ -51,7 +51,8 @@ def train_for(config, minutes: float | None = None, steps: int | None = None, re
 
 def train_command(settings: dict, data=None, out: Path | None = None) -> str:
     """The ``m2m train`` command of a run, from the settings it recorded (a checkpoint's trainer state or
-    its train_metrics.json): the recipe flags it used, none it left at their defaults."""
+    its train_metrics.json): the recipe flags it used, none it left at their defaults, and the precision
+    its last steps ran in (``mixed_precision``)."""
     flags = [f"--variant {settings['variant']}", f"--data {data if data is not None else settings['data']}"]
     flags += [f"--out {out}"] if out is not None else []
     flags += [f"--init {settings['init']}"] if settings.get("init") else []
@@ -67,7 +68,22 @@ def train_command(settings: dict, data=None, out: Path | None = None) -> str:
     if settings.get("timestep_sampling", "uniform") != "uniform":
         flags.append(f"--timestep-sampling {settings['timestep_sampling']}")
     flags.append(f"--ema-decay {settings['ema_decay']:g}" if settings.get("ema") else "--no-ema")
+    if settings.get("mixed_precision") not in (None, "no"):
+        flags.append(f"--mixed-precision {settings['mixed_precision']}")
     return " ".join(["m2m train", *flags, f"--seed {settings['seed']}"])
+
+
+def precision_stretches(stretches: list | None) -> str:
+    """``[[first step, precision], ...]`` (a checkpoint's ``precision``, train_metrics' ``precision_from_step``)
+    in words, where a run changed its ``--mixed-precision`` on resuming or began recording it after step 0;
+    "" where one precision ran throughout (the command says it) or nothing was recorded."""
+    stretches = stretches or []
+    if len(stretches) < 2 and (not stretches or stretches[0][0] == 0):
+        return ""
+    said = [f"{'fp32' if precision == 'no' else precision} from step {step:,}" for step, precision in stretches]
+    if stretches[0][0] > 0:
+        said.insert(0, f"precision not recorded before step {stretches[0][0]:,}")
+    return "; ".join(said)
 
 
 def load(folder: Path):

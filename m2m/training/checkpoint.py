@@ -108,8 +108,9 @@ SETTINGS_ADDED = {"timestep_sampling": "uniform"}
 
 
 def read_trainer_state(folder: str | Path) -> dict:
-    """``trainer_state.json``: step, ``elapsed_s``, ``train_s``, ``losses`` and ``settings`` (those a
-    checkpoint predates filled in from ``SETTINGS_ADDED``)."""
+    """``trainer_state.json``: step, ``elapsed_s``, ``train_s``, ``losses``, ``precision`` (which steps ran
+    in which ``--mixed-precision``) and ``settings`` (those a checkpoint predates filled in from
+    ``SETTINGS_ADDED``)."""
     path = Path(folder) / TRAINER_STATE
     try:
         state = json.loads(path.read_text(encoding="utf-8"))

@@ -139,6 +139,14 @@ class Progress:
     elapsed_s: float = 0.0  # wall time, resumed runs included
     train_s: float = 0.0  # time in training steps (no start-up, checkpoints or sampling)
     resumed_from: int | None = None
+    # [first step, --mixed-precision] of each stretch of the run: a resumed run may change its precision
+    # (not a resume setting), and a checkpoint says which steps ran in which; empty before it was recorded
+    precision: list[list] = field(default_factory=list)
+
+    def continue_in(self, precision: str) -> None:
+        """Record that the steps from here on run in ``precision``."""
+        if not self.precision or self.precision[-1][1] != precision:
+            self.precision.append([self.step, precision])
 
 
 def resumable(cfg: TrainConfig, settings: dict) -> Path | None:
@@ -180,7 +188,9 @@ def resume(cfg: TrainConfig, accelerator, settings: dict, data, noise, ema, para
     checkpoint.check_settings(latest, saved["settings"], settings)
     data.load_state_dict(checkpoint.load_checkpoint(accelerator, latest, noise, ema, param_names))
     logger.info(f"resumed from {latest} at step {saved['step']}")
-    return Progress(saved["step"], saved["losses"], saved["elapsed_s"], saved["train_s"], saved["step"])
+    return Progress(
+        saved["step"], saved["losses"], saved["elapsed_s"], saved["train_s"], saved["step"], saved.get("precision", [])
+    )
 
 
 @dataclass
@@ -261,6 +271,7 @@ def start_run(config: TrainConfig) -> Run:
     if cfg.lr_schedule == "cosine":  # the decay is laid over --steps
         settings["steps"] = total
     progress = resume(cfg, accelerator, settings, data, noise, ema, param_names)
+    progress.continue_in(precision)
     if progress.step > total:
         logger.info(f"the checkpoint is at step {progress.step}, past --steps {total}: nothing to train")
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
@@ -274,7 +285,9 @@ def start_run(config: TrainConfig) -> Run:
             import mlflow
 
             mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
-        accelerator.init_trackers("m2m", config={**settings, "steps": total, "images_per_step": run.images_per_step})
+        accelerator.init_trackers("m2m", config={
+            **settings, "steps": total, "images_per_step": run.images_per_step, "mixed_precision": precision,
+        })
     logger.info(
         f"training M2M-{cfg.variant} ({cfg.preset}{', task ' + cfg.task if cfg.task else ''}): {total} steps of "
         f"{cfg.batch_size} sets x {cfg.n_images} images ({accelerator.num_processes} processes x "
@@ -365,7 +378,7 @@ def save(run: Run, run_s: float) -> None:
     check_skipped(cfg, run.data, progress.step * cfg.batch_size // run.accelerator.num_processes)
     state = {
         "losses": progress.losses, "elapsed_s": progress.elapsed_s + run_s, "train_s": progress.train_s,
-        "settings": run.settings,
+        "settings": run.settings, "precision": progress.precision,
     }
     saved = checkpoint.save_checkpoint(
         run.accelerator, cfg.checkpoints, progress.step, state, run.data.state_dict(), run.noise, run.ema,

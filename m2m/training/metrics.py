@@ -52,6 +52,7 @@ def train_metrics(
         "num_processes": accelerator.num_processes,
         "gradient_accumulation": accelerator.gradient_accumulation_steps,
         "mixed_precision": cfg.mixed_precision,
+        "precision_from_step": progress.precision,  # [first step, precision] of each stretch of a resumed run
         "gradient_checkpointing": cfg.gradient_checkpointing,
         "stored_encodings": list(stored),
         **settings,

@@ -49,6 +49,13 @@ def test_the_train_command_names_a_timestep_sampling_other_than_uniform():
     assert parsed(train_command(metrics, out=Path("out"))).timestep_sampling == "logit-normal"
 
 
+def test_the_train_command_names_the_precision_of_a_bf16_run_and_no_flag_for_fp32():
+    metrics = {"variant": "dino", "data": "mis", "steps": 10, "batch_size": 4, "n_images": 5, "lr": 0.001,
+               "ema": True, "ema_decay": 0.999, "seed": 0, "mixed_precision": "bf16"}
+    assert parsed(train_command(metrics, out=Path("out"))).mixed_precision == "bf16"
+    assert "--mixed-precision" not in train_command({**metrics, "mixed_precision": "no"}, out=Path("out"))
+
+
 def test_a_prefixed_mis_gives_every_set_the_keywords_shape_and_keeps_the_other_attributes(tmp_path):
     import pyarrow.parquet as pq
 

@@ -18,6 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 from bench_learning_curve import (  # noqa: E402
     checkpoint_pipeline,
     main,
+    precision_note,
     reference_fits,
     results_name,
     score_checkpoint,
@@ -90,6 +91,15 @@ def test_a_pilot_from_an_init_folder_loads_with_its_own_architecture(mis, tmp_pa
     mine = pipe.unet.state_dict()
     assert saved.keys() == mine.keys() and all(torch.equal(saved[k], mine[k]) for k in saved)
     assert f"--init {init}" in train_command(settings, mis)
+
+
+def test_a_run_resumed_in_another_precision_says_which_steps_ran_in_which():
+    assert precision_note({"precision": [[0, "bf16"]]}) == ""  # one precision throughout: the command says it
+    assert precision_note({"precision": []}) == ""  # recorded nowhere (checkpoints from before the record)
+    assert precision_note({"precision": [[0, "no"], [8000, "bf16"]]}) == " (fp32 from step 0; bf16 from step 8,000)"
+    assert precision_note({"precision": [[8000, "bf16"]]}) == (
+        " (precision not recorded before step 8,000; bf16 from step 8,000)"
+    )
 
 
 def test_each_run_of_a_labelled_pilot_keeps_its_own_results_file():

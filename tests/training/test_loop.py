@@ -135,6 +135,7 @@ def test_logs_settings_and_the_loss_into_the_mlflow_run_it_is_given(mis, tmp_pat
     loop.train(config(tmp_path / "m2m-self", data=mis, steps=3))
     run = client.get_run(run_id)
     assert run.data.params["lr"] == "0.001" and run.data.params["steps"] == "3"
+    assert run.data.params["mixed_precision"] == "no"
     assert [m.step for m in client.get_metric_history(run_id, "loss")] == [1, 2, 3]
     assert {"lr", "images_per_s"} <= set(run.data.metrics)
     assert {e.name for e in client.search_experiments()} == {"Default", "m2m-training"}  # no stray experiment
@@ -171,6 +172,20 @@ def test_task_fine_tuning_resumes_exactly(procedure_data, tmp_path):
     assert any("condition_embedder" in k for k in tuned)
     config_json = json.loads((tmp_path / "straight" / "unet" / "config.json").read_text())
     assert config_json["condition"] == "procedure"
+
+
+def test_a_run_resumed_in_another_precision_says_which_steps_ran_in_which(mis, tmp_path):
+    from accelerate.state import AcceleratorState
+
+    shared = dict(data=mis, checkpoint_every=1, ema=False)
+    loop.train(config(tmp_path / "m", steps=1, mixed_precision="no", **shared))
+    AcceleratorState._reset_state(reset_partial_state=True)  # each `m2m train` is a process of its own
+    loop.train(config(tmp_path / "m", steps=2, resume=True, mixed_precision="bf16", **shared))
+    metrics = loop.train(config(tmp_path / "m", steps=3, resume=True, mixed_precision="bf16", **shared))
+    stretches = [[0, "no"], [1, "bf16"]]
+    assert metrics["precision_from_step"] == stretches and metrics["mixed_precision"] == "bf16"
+    last = checkpoint.list_checkpoints(tmp_path / "m.ckpt")[-1]
+    assert checkpoint.read_trainer_state(last)["precision"] == stretches
 
 
 def test_resume_refuses_other_settings(mis, tmp_path):
