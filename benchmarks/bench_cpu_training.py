@@ -9,8 +9,11 @@ proof-of-learning MIS, per variant and per option, measured in one process as ra
 - ``torch.compile``: the UNet through ``torch.compile`` (inductor's C++ CPU backend; the first step's
   compilation is reported apart and left out of the timed steps, later recompilations are not);
 - ``bf16 autocast``: ``m2m train --mixed-precision bf16`` (Accelerate's CPU autocast: matmuls and
-  convolutions in bfloat16, fp32 weights, optimizer and loss), which pays where the cores have bfloat16
-  dot-product instructions (AVX512-BF16, AMX).
+  convolutions in bfloat16, fp32 weights, optimizer and loss; the attention kernels in fp32, as
+  ``m2m.models.attention.scaled_dot_product`` keeps them), which pays where the cores have bfloat16
+  dot-product instructions (AVX512-BF16, AMX);
+- ``bf16 autocast, bf16 attention``: the same with the attention kernels in bfloat16 too (what keeping
+  them in fp32 buys).
 
 Per row: images/s over the timed steps (data loading included), the share of that time spent waiting for
 data, the slowest step against the median (a stall shows as a large ratio) and the model-FLOP utilisation
@@ -40,7 +43,8 @@ from learning.common import offline_on_cpu
 from learning.report import run_header, save_json, write_section
 
 SECTION = "## Training throughput on CPU"
-OPTIONS = ("as shipped", "fused AdamW", "channels_last", "torch.compile", "bf16 autocast")
+OPTIONS = ("as shipped", "fused AdamW", "channels_last", "torch.compile", "bf16 autocast",
+           "bf16 autocast, bf16 attention")
 VARIANT_NAMES = {"self": "M2M-Self", "dino": "M2M-DINO"}
 
 
@@ -56,6 +60,20 @@ def optimizer_kind(option: str):
         torch.optim.AdamW = original
 
 
+@contextmanager
+def attention_kernel(option: str):
+    """The bf16-attention row calls the attention kernel on whatever dtype autocast hands it."""
+    from m2m.models import attention
+
+    original = attention.scaled_dot_product
+    if option == "bf16 autocast, bf16 attention":
+        attention.scaled_dot_product = torch.nn.functional.scaled_dot_product_attention
+    try:
+        yield
+    finally:
+        attention.scaled_dot_product = original
+
+
 def measure(variant: str, option: str, mis: Path, args, out: Path) -> dict:
     """Time ``args.steps`` optimizer steps of the real loop after ``args.warmup`` untimed ones."""
     from m2m.training.config import TrainConfig
@@ -64,7 +82,7 @@ def measure(variant: str, option: str, mis: Path, args, out: Path) -> dict:
     config = TrainConfig(
         out=out / f"{variant}-{option.replace(' ', '_').replace('.', '_')}", variant=variant, data=mis,
         steps=args.warmup + args.steps, batch_size=args.batch_size, n_images=5, checkpoint_every=0,
-        log_every=10**9, seed=0, mixed_precision="bf16" if option == "bf16 autocast" else "no",
+        log_every=10**9, seed=0, mixed_precision="bf16" if option.startswith("bf16") else "no",
     )
     from accelerate.state import AcceleratorState
 
@@ -111,7 +129,8 @@ def section(report: dict) -> str:
         f"the training loop of `m2m train` on the proof-of-learning MIS, {s['batch_size']} sets x 5 images per "
         f"step, {s['steps']} timed steps after {s['warmup']} untimed, fp32 unless the option says otherwise; fp32 "
         f"matmul peak of the same threads in the same process: {report['peak_gflops']:.0f} GFLOP/s (a bfloat16 row's "
-        f"MFU is against this fp32 peak too). Raw numbers: `results/cpu_training.json`.",
+        f"MFU is against this fp32 peak too; the bfloat16 matmul peak: {report.get('peak_gflops_bf16', 0):.0f} "
+        f"GFLOP/s). Raw numbers: `results/cpu_training.json`.",
         "",
         "| model | option | img/s | against as shipped | waiting for data | slowest step / median | MFU |",
         "|---|---|---|---|---|---|---|",
@@ -160,14 +179,16 @@ def main(argv: list[str] | None = None) -> int:
         for variant in args.variants:
             for option in args.options:
                 try:
-                    rows.append(measure(variant, option, mis, args, Path(out)))
+                    with attention_kernel(option):
+                        rows.append(measure(variant, option, mis, args, Path(out)))
                 except Exception as error:  # an option this machine cannot run (no compiler, say) is a row too
                     if option == OPTIONS[0]:
                         raise
                     rows.append({"variant": variant, "option": option, "error": str(error).splitlines()[0][:120]})
                 print(rows[-1], flush=True)
-    report = {**run_header(args, argv), "peak_gflops": flops.matmul_peak(torch.device("cpu"), seconds=0.5) / 1e9,
-              "rows": rows}
+    cpu = torch.device("cpu")
+    report = {**run_header(args, argv), "peak_gflops": flops.matmul_peak(cpu, seconds=0.5) / 1e9,
+              "peak_gflops_bf16": flops.matmul_peak(cpu, torch.bfloat16, seconds=0.5) / 1e9, "rows": rows}
     text = section(report)
     print(text)
     if not args.no_write:

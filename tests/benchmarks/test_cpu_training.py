@@ -14,7 +14,7 @@ from m2m.training.loop import start_run
 from tests.training.test_loop import mis  # noqa: F401 - the tiny MIS fixture
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
-from bench_cpu_training import OPTIONS, measure, optimizer_kind, section  # noqa: E402
+from bench_cpu_training import OPTIONS, attention_kernel, measure, optimizer_kind, section  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread", "fresh_accelerate_state")
 
@@ -44,3 +44,26 @@ def test_a_row_times_the_real_loop_and_the_table_compares_it_with_the_shipped_on
     ratio = rows[1]["images_per_s"] / rows[0]["images_per_s"]
     assert f"| {ratio:.2f} |" in last
     assert "failed: no cc" in failed
+
+
+def test_the_bf16_rows_train_under_autocast_and_only_the_last_attends_in_bf16(mis, tmp_path, monkeypatch):  # noqa: F811
+    from m2m.models import attention
+
+    seen, kernel = [], torch.nn.functional.scaled_dot_product_attention
+
+    def spy(q, k, v, *args, **kwargs):
+        seen.append(q.dtype)
+        return kernel(q, k, v, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
+    shipped = attention.scaled_dot_product
+    args = argparse.Namespace(warmup=1, steps=2, batch_size=2)
+    kernels = {}
+    for option in ("bf16 autocast", "bf16 autocast, bf16 attention"):
+        seen.clear()
+        with attention_kernel(option):
+            measure("self", option, mis, args, tmp_path)  # every attention is the UNet's (no frozen encoder)
+        kernels[option] = set(seen)
+    assert kernels["bf16 autocast"] == {torch.float32}  # autocast on, the kernels kept in fp32
+    assert torch.bfloat16 in kernels["bf16 autocast, bf16 attention"]
+    assert attention.scaled_dot_product is shipped  # restored
