@@ -185,6 +185,6 @@ def write_section(text: str, heading: str = SECTION) -> None:
         new = (old.rstrip("\n") + "\n\n" if old.strip() else "") + text
     else:
         end = old.find("\n## ", start + len(heading))
-        new = old[:start] + text + (old[end + 1 :] if end >= 0 else "")
+        new = old[:start] + text.rstrip("\n") + "\n\n" + (old[end + 1 :] if end >= 0 else "")  # a blank line
     with atomic_file(RESULTS_MD) as tmp:
         tmp.write_text(new.rstrip("\n") + "\n", encoding="utf-8")

@@ -67,3 +67,15 @@ def test_a_prefixed_mis_gives_every_set_the_keywords_shape_and_keeps_the_other_a
     assert len(captions) >= 200 and all(caption.startswith("ring ") for caption in captions)
     assert {a["shape"] for a in attributes} == {"ring"}
     assert len({a["palette"] for a in attributes}) == 8 and len({a["texture"] for a in attributes}) == 5
+
+
+def test_a_section_rewritten_in_place_keeps_a_blank_line_before_the_next(tmp_path, monkeypatch):
+    from learning import report
+
+    results = tmp_path / "RESULTS.md"
+    results.write_text("# R\n\n## A\n\nold a\n\n## B\n\nb\n", encoding="utf-8")
+    monkeypatch.setattr(report, "RESULTS_MD", results)
+    report.write_section("## A\n\n| new | a |\n", "## A")
+    assert results.read_text(encoding="utf-8") == "# R\n\n## A\n\n| new | a |\n\n## B\n\nb\n"
+    report.write_section("## C\n\nc\n", "## C")  # a new section goes at the end
+    assert results.read_text(encoding="utf-8").endswith("b\n\n## C\n\nc\n")
