@@ -39,9 +39,9 @@ def scaled_dot_product(
 ) -> torch.Tensor:
     """``softmax(Q K^T / sqrt(d)) V`` by ``F.scaled_dot_product_attention``; bfloat16 on CPU runs in float32.
 
-    The CPU flash kernel's bfloat16 backward is slower than its float32 one at these sizes (2x at 256
-    tokens of 16 channels per head, 7x at 64), so a step under CPU autocast is faster with the kernel in
-    float32 and the rest in bfloat16 (benchmarks/bench_cpu_training.py); the result keeps ``q``'s dtype.
+    The CPU flash kernel is slower in bfloat16 than in float32 at the tiny preset's sizes: a training step
+    under CPU autocast gains 1.35-1.42x over float32 with the kernels kept in float32, 1.01-1.09x with them
+    in bfloat16 too (benchmarks/bench_cpu_training.py, benchmarks/RESULTS.md). The result keeps ``q``'s dtype.
     """
     if q.device.type == "cpu" and q.dtype == torch.bfloat16:
         mask = None if attn_mask is None else attn_mask.float()
