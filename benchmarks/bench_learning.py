@@ -139,7 +139,7 @@ def learning_study(variant: str, mis: Path, work: Path, args) -> dict:
     save_atomic(labelled_grid(columns, trained.image_size), picture)
     train_keys = (
         "steps", "batch_size", "n_images", "final_loss", "loss_last_10pct", "s_per_step", "wall_time_s", "lr",
-        "lr_schedule", "lr_warmup_steps", "snr_gamma", "ema_decay", "device",
+        "lr_schedule", "lr_warmup_steps", "snr_gamma", "ema_decay", "device", "mixed_precision", "precision_from_step",
     )
     return {
         "variant": VARIANT_NAMES[variant],
@@ -171,7 +171,8 @@ def model_card(study: dict, report: dict, folder: str) -> str:
 
 The default-preset {study['variant']} of this project, trained from scratch on CPU by
 `{command}`: {t['steps']} steps of {t['batch_size']} sets x
-{t['n_images']} images ({t['wall_time_s'] / 60:.1f} min on {where}) on the procedural MIS built from
+{t['n_images']} images ({t['steps'] * t['batch_size'] * t['n_images']:,} training images seen;
+{t['wall_time_s'] / 60:.1f} min on {where}) on the procedural MIS built from
 the shipped sample captions. Weights in float16 safetensors; `m2m sample` / `m2m evaluate` run them in
 float32 on CPU. Its default guidance scale is s = {study['guidance_scale']:g} (docs/model.md).
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from PIL import Image, ImageDraw
 
-from learning.common import PRECEDING
+from learning.common import PRECEDING, precision_stretches
 from m2m.files import atomic_file
 
 RESULTS = Path(__file__).resolve().parent.parent / "results"
@@ -134,6 +134,7 @@ def study_lines(study: dict, sets: int) -> list[str]:
         f"Trained {t['steps']} steps of {t['batch_size']} sets x {t['n_images']} images "
         f"({t['wall_time_s'] / 60:.1f} min, {t['s_per_step']:.2f} s/step), final loss {t['final_loss']:.4f}"
         + (f", by `{study['trained_by']}`" if study.get("trained_by") else "")
+        + (f" ({stretches})" if (stretches := precision_stretches(t.get("precision_from_step"))) else "")
         + f"; scored on {study['test_sets']} held-out sets x {study['generate']} generated images.",
         "",
         *table(study["conditions"], attributes, "model"),
