@@ -144,6 +144,10 @@ def section(report: dict, heading: str = SECTION, stem: str = "learning_curve") 
                   + " | ".join(f"{r[k]:.2f}" for k in (*ATTRIBUTES, "score"))
                   + "".join(f" | {r[k]:.2f}" if k in r else " | -" for k in ("shape_fit", "any_shape_fit")) + " |"
                   for r in run["rows"]]
+        last = run["rows"][-1]
+        if "shape_fit_by_kind" in last:
+            kinds = ", ".join(f"{kind} {fit:.2f}" for kind, fit in last["shape_fit_by_kind"].items())
+            lines += ["", f"Shape fit by the set's shape kind at step {last['step']}: {kinds}."]
         lines.append("")
     reference = ", ".join(f"{name} {value:.2f}" for name, value in report.get("reference_fits", {}).items())
     lines += [f"Shape fit: the generated objects' area-weighted IoU with their set's shape (the detector's own "
@@ -208,7 +212,9 @@ def main(argv: list[str] | None = None) -> int:
         same = old.get("protocol") == protocol and old.get("checkpoints") == str(root)
         done = {r["checkpoint"]: r for r in old.get("rows", [])} if same else {}
         for folder in found:
-            if "any_shape_fit" not in done.get(folder.name, {}):  # not scored yet, or before the fits
+            row = done.get(folder.name, {})
+            # not scored yet, or before the fits; the newest checkpoint also before the fit per kind
+            if "any_shape_fit" not in row or (folder == found[-1] and "shape_fit_by_kind" not in row):
                 start = time.perf_counter()
                 done[folder.name] = score_checkpoint(folder, args.data, args)
                 print(f"{variant} {folder.name}: score {done[folder.name]['score']:.2f} "

@@ -69,17 +69,22 @@ def shape_fit(generated_images, reference_attrs: dict | Sequence[dict]) -> float
     return set_shape_fits(generated_images, reference_attrs)["shape_fit"]
 
 
-def set_shape_fits(generated_images, reference_attrs: dict | Sequence[dict]) -> dict[str, float]:
+def set_shape_fits(generated_images, reference_attrs: dict | Sequence[dict]) -> dict:
     """``shape_fit`` (the fit to each set's own shape) and ``any_shape_fit`` (the fit to whichever shape
-    kind fits each image's objects best: is a clean shape drawn at all?), from one pass over the objects."""
+    kind fits each image's objects best: is a clean shape drawn at all?), from one pass over the objects;
+    ``shape_fit_by_kind``: ``shape_fit`` of the images of each shape kind the sets have (is one kind drawn
+    and the others not, or none?)."""
     images = list(generated_images)
     if not images:
         raise ValueError("shape_fit needs at least one generated image")
     references = _per_image(reference_attrs, len(images))
     fits = [object_shape_fits(image) for image in images]
+    own = [(ref["shape"], fit[ref["shape"]]) for fit, ref in zip(fits, references)]
+    kinds = sorted({kind for kind, _ in own})
     return {
-        "shape_fit": float(np.mean([fit[ref["shape"]] for fit, ref in zip(fits, references)])),
+        "shape_fit": float(np.mean([value for _, value in own])),
         "any_shape_fit": float(np.mean([max(fit.values()) for fit in fits])),
+        "shape_fit_by_kind": {k: float(np.mean([value for kind, value in own if kind == k])) for k in kinds},
     }
 
 

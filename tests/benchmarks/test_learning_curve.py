@@ -60,6 +60,7 @@ def test_a_checkpoint_is_scored_with_its_shape_fit_beside_the_score(mis, tmp_pat
     assert row["step"] == 1 and row["images_seen"] == 6
     assert {"palette", "shape", "texture", "score"} <= set(row) and 0.0 <= row["shape_fit"] <= 1.0
     assert row["shape_fit"] <= row["any_shape_fit"] <= 1.0  # the set's shape is one of the kinds
+    assert set(row["shape_fit_by_kind"]) <= {"circle", "square", "triangle", "star", "cross", "ring"}
     older = {k: v for k, v in row.items() if k not in ("shape_fit", "any_shape_fit")}  # scored before the columns
     report = {"settings": {"argv": "--checkpoints x", "sets": 2, "generate": 1, "steps": 1}, "machine": "here",
               "runs": {"dino": {"command": "m2m train", "rows": [older, row]}}}
@@ -68,6 +69,9 @@ def test_a_checkpoint_is_scored_with_its_shape_fit_beside_the_score(mis, tmp_pat
     assert lines[header].endswith("| score | shape fit | any-shape fit |")
     assert lines[header + 2].endswith(" | - | - |")
     assert lines[header + 3].endswith(f" | {row['shape_fit']:.2f} | {row['any_shape_fit']:.2f} |")
+    kind, fit = next(iter(row["shape_fit_by_kind"].items()))
+    assert any(line.startswith("Shape fit by the set's shape kind at step 1:") and f"{kind} {fit:.2f}" in line
+               for line in lines)
     # the diagnostic's scale, from the held-out images themselves
     reference = reference_fits(mis, 4)
     assert reference["held-out images"] > 0.9 > reference["blurred by 2 px"] > reference["another shape kind"]

@@ -71,6 +71,21 @@ def test_any_shape_fit_reads_the_best_kind_whatever_the_sets_shape():
     assert wrong["any_shape_fit"] == own["any_shape_fit"] and wrong["shape_fit"] < own["shape_fit"] - 0.3
 
 
+def test_the_shape_fit_is_also_read_per_kind():
+    from PIL import ImageFilter
+
+    stars, star_ref = _set("ocean stars polka")
+    rings, ring_ref = _set("ocean rings polka")
+    blurred = [image.filter(ImageFilter.GaussianBlur(1.2)) for image in rings]  # rings drawn badly
+    fits = set_shape_fits(stars + blurred, [star_ref] * len(stars) + [ring_ref] * len(rings))
+    by_kind = fits["shape_fit_by_kind"]
+    assert set(by_kind) == {"star", "ring"}
+    assert by_kind["star"] == pytest.approx(set_shape_fits(stars, star_ref)["shape_fit"])
+    assert by_kind["ring"] == pytest.approx(set_shape_fits(blurred, ring_ref)["shape_fit"])
+    assert by_kind["ring"] < by_kind["star"] - 0.1
+    assert fits["shape_fit"] == pytest.approx((by_kind["star"] + by_kind["ring"]) / 2)  # equal counts
+
+
 def test_bad_calls_are_refused():
     images, reference = _set("ocean stars polka", range(2))
     with pytest.raises(ValueError, match="2 images but 1 reference"):
