@@ -64,6 +64,21 @@ def fresh_accelerate_state():
     AcceleratorState._reset_state(reset_partial_state=True)
 
 
+@pytest.fixture
+def kernel_dtypes(monkeypatch):
+    """The query dtype of every ``F.scaled_dot_product_attention`` call, in call order (ours and diffusers')."""
+    import torch
+
+    seen, kernel = [], torch.nn.functional.scaled_dot_product_attention
+
+    def spy(q, k, v, *args, **kwargs):
+        seen.append(q.dtype)
+        return kernel(q, k, v, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
+    return seen
+
+
 @pytest.fixture(scope="session")
 def weights_folder(tmp_path_factory):
     """A ``weights/`` folder as the sd21 preset expects it, every model weight-shaped (m2m/weight_folders.py)."""

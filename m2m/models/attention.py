@@ -163,12 +163,12 @@ class SelfAttnProcessor(AttnProcessor2_0):
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None,
                  image_set: ImageSetCall | None = None):
-        plain = (
+        plain = bfloat16_on_cpu(hidden_states) and (  # elsewhere nothing more is looked at
             encoder_hidden_states is None and attention_mask is None and hidden_states.ndim == 3
             and attn.spatial_norm is None and attn.group_norm is None and attn.norm_q is None
             and attn.norm_k is None and not attn.residual_connection and attn.rescale_output_factor == 1.0
         )
-        if not (plain and bfloat16_on_cpu(hidden_states)):
+        if not plain:
             return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
         batch, heads = hidden_states.shape[0], attn.heads
         q, k, v = (proj(hidden_states).unflatten(-1, (heads, -1)).transpose(1, 2)

@@ -9,7 +9,7 @@ from m2m.training import flops
 from m2m.training.config import TrainConfig
 
 if TYPE_CHECKING:
-    from m2m.training.loop import Progress
+    from m2m.training.progress import Progress
 
 # The measured keys of ``train_metrics.json`` (MLflow metrics); every other key is a setting (an MLflow param).
 MEASUREMENTS = (

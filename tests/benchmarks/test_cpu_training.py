@@ -46,24 +46,17 @@ def test_a_row_times_the_real_loop_and_the_table_compares_it_with_the_shipped_on
     assert "failed: no cc" in failed
 
 
-def test_the_bf16_rows_train_under_autocast_and_only_the_last_attends_in_bf16(mis, tmp_path, monkeypatch):  # noqa: F811
+def test_the_bf16_rows_train_under_autocast_and_only_the_last_attends_in_bf16(mis, tmp_path, kernel_dtypes):  # noqa: F811
     from m2m.models import attention
 
-    seen, kernel = [], torch.nn.functional.scaled_dot_product_attention
-
-    def spy(q, k, v, *args, **kwargs):
-        seen.append(q.dtype)
-        return kernel(q, k, v, *args, **kwargs)
-
-    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
     shipped = attention.scaled_dot_product
     args = argparse.Namespace(warmup=1, steps=2, batch_size=2)
     kernels = {}
     for option in ("bf16 autocast", "bf16 autocast, bf16 attention"):
-        seen.clear()
+        kernel_dtypes.clear()
         with attention_kernel(option):
             measure("self", option, mis, args, tmp_path)  # every attention is the UNet's (no frozen encoder)
-        kernels[option] = set(seen)
+        kernels[option] = set(kernel_dtypes)
     assert kernels["bf16 autocast"] == {torch.float32}  # autocast on, the kernels kept in fp32
     assert torch.bfloat16 in kernels["bf16 autocast, bf16 attention"]
     assert attention.scaled_dot_product is shipped  # restored

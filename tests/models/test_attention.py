@@ -54,19 +54,6 @@ def test_visible_must_cover_every_noisy_image():
         image_set_attention(q, k, v, [1], heads=2, tokens_per_image=4)
 
 
-@pytest.fixture
-def kernel_dtypes(monkeypatch):
-    """The dtypes every ``F.scaled_dot_product_attention`` call receives (ours and diffusers' alike)."""
-    seen, kernel = [], torch.nn.functional.scaled_dot_product_attention
-
-    def spy(q, k, v, *args, **kwargs):
-        seen.append(q.dtype)
-        return kernel(q, k, v, *args, **kwargs)
-
-    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
-    return seen
-
-
 def test_bfloat16_on_cpu_attends_in_float32(kernel_dtypes):
     torch.manual_seed(0)
     q, k, v = (torch.randn(2, 4, 64, 16) for _ in range(3))
