@@ -29,6 +29,7 @@ import json
 import math
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -54,12 +55,13 @@ VARIANT_NAMES = {name: context_encoder(name).display_name for name in ("self", "
 GUIDANCE_SWEEP = (0.0, 1.0, 2.0, 4.0, 7.5)
 
 
-def build_mis(root: Path, prefix: str | None = None) -> Path:
+def build_mis(root: Path, prefix: str | Sequence[str] | None = None) -> Path:
     """A procedural MIS from the shipped sample captions; complete shards are kept on a rerun.
 
-    ``prefix``: a word put before every caption. The caption grammar takes an attribute from its first
-    keyword, so a shape keyword gives every set that shape ("ball": circles only, the one-kind pilot of
-    docs/model.md) and leaves the palettes and textures as they were."""
+    ``prefix``: a word put before every caption, or several taken in turn (caption i gets word
+    i mod n). The caption grammar takes an attribute from its first keyword, so a shape keyword gives
+    every set that shape ("ball": circles only, the one-kind pilot of docs/model.md; ("ball", "box"):
+    circles and squares, the two-kind pilot) and leaves the palettes and textures as they were."""
     from m2m.data.captions import filter_captions
     from m2m.data.procedural import ProceduralGenerator
     from m2m.data.shards import build_manifest, write_shard
@@ -67,10 +69,14 @@ def build_mis(root: Path, prefix: str | None = None) -> Path:
 
     sample = resource_path("cc12m_sample.tsv")
     if prefix:
+        words = [prefix] if isinstance(prefix, str) else list(prefix)
         root.mkdir(parents=True, exist_ok=True)
-        rows = (line.split("\t", 1) for line in sample.read_text(encoding="utf-8").splitlines() if line)
+        rows = [line.split("\t", 1) for line in sample.read_text(encoding="utf-8").splitlines() if line]
         sample = root / "captions.tsv"
-        sample.write_text("".join(f"{url}\t{prefix} {caption}\n" for url, caption in rows), encoding="utf-8")
+        sample.write_text(
+            "".join(f"{url}\t{words[i % len(words)]} {caption}\n" for i, (url, caption) in enumerate(rows)),
+            encoding="utf-8",
+        )
     report = filter_captions([sample], root / "captions.parquet", root / "filter_report.json")
     for shard in range(math.ceil(report["kept"] / 64)):
         write_shard(root / "captions.parquet", root / "shards", shard, ProceduralGenerator(32), samples_per_shard=64)

@@ -34,6 +34,7 @@ from m2m.data.procedural_detect import MIN_SHAPE_FIT
 
 SECTION = "## Learning curve"
 VARIANT_NAMES = {"self": "M2M-Self", "dino": "M2M-DINO"}
+FIT_COLUMNS = ("shape_fit", "any_shape_fit", "kind_contrast")
 
 
 def checkpoint_pipeline(folder: Path):
@@ -80,13 +81,19 @@ def score_checkpoint(folder: Path, mis: Path, args) -> dict:
             "train_hours": state["train_s"] / 3600, **row}
 
 
+def lacks_per_kind(row: dict) -> bool:
+    """Scored before the fit per kind, or (sets of several kinds) before the kind contrast."""
+    return "shape_fit_by_kind" not in row or (len(row["shape_fit_by_kind"]) > 1 and "kind_contrast" not in row)
+
+
 def reference_fits(mis: Path, sets: int, size: int = 32) -> dict[str, float]:
     """The shape fit of the held-out sets' own preceding images (what drawing the set's shape cleanly
     scores), of the same images blurred by 2 px (rounded edges: the detector accepts the shape of
-    about 3 in 10 of them) and of every other shape kind on them (a clean object of the wrong kind)."""
+    about 3 in 10 of them) and of every other shape kind on them (a clean object of the wrong kind); and
+    the kind contrast of those images, where the sets have several kinds."""
     from PIL import ImageFilter
 
-    from m2m.evaluation.consistency import object_shape_fits
+    from m2m.evaluation.consistency import object_shape_fits, set_shape_fits
     from m2m.evaluation.image_sets import read_mis_eval_sets
 
     real, _ = read_mis_eval_sets(mis, "test", PRECEDING, size, sets)
@@ -95,8 +102,11 @@ def reference_fits(mis: Path, sets: int, size: int = 32) -> dict[str, float]:
     blurred = [object_shape_fits(image.filter(ImageFilter.GaussianBlur(2.0)))[shape] for image, shape in images]
     other = [v for fit, (_, shape) in zip(fits, images) for kind, v in fit.items() if kind != shape]
     own = [fit[shape] for fit, (_, shape) in zip(fits, images)]
-    return {"held-out images": float(sum(own) / len(own)), "blurred by 2 px": float(sum(blurred) / len(blurred)),
-            "another shape kind": float(sum(other) / len(other))}
+    fitted = {"held-out images": float(sum(own) / len(own)), "blurred by 2 px": float(sum(blurred) / len(blurred))}
+    if other:
+        fitted["another shape kind"] = float(sum(other) / len(other))
+    contrast = set_shape_fits([image for image, _ in images], [s.attributes for s in real for _ in s.images])
+    return {**fitted, **({"kind contrast": contrast["kind_contrast"]} if "kind_contrast" in contrast else {})}
 
 
 def plot(curves: dict[str, list[dict]], name: str = "learning_curve.png") -> Path:
@@ -117,6 +127,9 @@ def plot(curves: dict[str, list[dict]], name: str = "learning_curve.png") -> Pat
         drawn = [(x, r["any_shape_fit"]) for x, r in zip(seen, rows) if "any_shape_fit" in r]
         if drawn:
             ax.plot(*zip(*drawn), marker="+", linestyle=":", color="black", label="any-shape fit (IoU)")
+        contrasted = [(x, r["kind_contrast"]) for x, r in zip(seen, rows) if "kind_contrast" in r]
+        if contrasted:
+            ax.plot(*zip(*contrasted), marker="^", linestyle="-.", color="purple", label="kind contrast")
         ax.set(title=VARIANT_NAMES[variant], xlabel="training images seen (thousands)", ylabel="consistency",
                ylim=(0, 1.02))
         ax.grid(alpha=0.3)
@@ -138,11 +151,11 @@ def section(report: dict, heading: str = SECTION, stem: str = "learning_curve") 
              f"the judge of the proof of learning). Raw numbers: `{raw}`.", ""]
     for variant, run in report["runs"].items():
         lines += [f"{VARIANT_NAMES[variant]}, trained by `{run['command']}`{precision_note(run)}:", "",
-                  "| step | images seen | CPU hours | palette | shape | texture | score | shape fit | any-shape fit |",
-                  "|---" * 9 + "|"]
+                  "| step | images seen | CPU hours | palette | shape | texture | score | shape fit | any-shape fit "
+                  "| kind contrast |", "|---" * 10 + "|"]
         lines += [f"| {r['step']} | {r['images_seen']:,} | {r['train_hours']:.2f} | "
                   + " | ".join(f"{r[k]:.2f}" for k in (*ATTRIBUTES, "score"))
-                  + "".join(f" | {r[k]:.2f}" if k in r else " | -" for k in ("shape_fit", "any_shape_fit")) + " |"
+                  + "".join(f" | {r[k]:.2f}" if k in r else " | -" for k in FIT_COLUMNS) + " |"
                   for r in run["rows"]]
         last = run["rows"][-1]
         if "shape_fit_by_kind" in last:
@@ -153,7 +166,9 @@ def section(report: dict, heading: str = SECTION, stem: str = "learning_curve") 
     lines += [f"Shape fit: the generated objects' area-weighted IoU with their set's shape (the detector's own "
               f"fit, a diagnostic beside the score); the detector accepts a shape from {MIN_SHAPE_FIT}. Any-shape "
               "fit: the same IoU with whichever shape kind fits the objects best (is a clean shape drawn at all, "
-              "the set's or another?). `-`: scored before the column existed."
+              "the set's or another?). Kind contrast (sets of several kinds): the fit to each kind of the objects "
+              "in that kind's sets minus their fit to it in the other sets, averaged over the kinds (0: the same objects "
+              "whatever the set's kind). `-`: scored before the column existed, or one kind."
               + (f" The same fit on the held-out sets' preceding images: {reference}." if reference else ""), "",
               f"![consistency of each checkpoint against images seen](results/{stem}.png)", ""]
     return "\n".join(lines)
@@ -214,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
         for folder in found:
             row = done.get(folder.name, {})
             # not scored yet, or before the fits; the newest checkpoint also before the fit per kind
-            if "any_shape_fit" not in row or (folder == found[-1] and "shape_fit_by_kind" not in row):
+            if "any_shape_fit" not in row or (folder == found[-1] and lacks_per_kind(row)):
                 start = time.perf_counter()
                 done[folder.name] = score_checkpoint(folder, args.data, args)
                 print(f"{variant} {folder.name}: score {done[folder.name]['score']:.2f} "

@@ -69,6 +69,19 @@ def test_a_prefixed_mis_gives_every_set_the_keywords_shape_and_keeps_the_other_a
     assert len({a["palette"] for a in attributes}) == 8 and len({a["texture"] for a in attributes}) == 5
 
 
+def test_several_prefixes_take_turns_so_the_kinds_are_as_many_sets_each(tmp_path):
+    import collections
+
+    import pyarrow.parquet as pq
+
+    from m2m.data.procedural import ProceduralGenerator
+
+    root = build_mis(tmp_path / "mis", prefix=("ball", "box"))  # the two-kind pilot
+    captions = pq.read_table(root / "captions.parquet").column("caption").to_pylist()
+    kinds = collections.Counter(ProceduralGenerator(32).attributes(caption)["shape"] for caption in captions)
+    assert set(kinds) == {"circle", "square"} and abs(kinds["circle"] - kinds["square"]) <= 1
+
+
 def test_a_section_rewritten_in_place_keeps_a_blank_line_before_the_next(tmp_path, monkeypatch):
     from learning import report
 

@@ -17,6 +17,7 @@ from tests.training.test_loop import mis  # noqa: F401 - the tiny MIS fixture
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 from bench_learning_curve import (  # noqa: E402
     checkpoint_pipeline,
+    lacks_per_kind,
     main,
     precision_note,
     reference_fits,
@@ -61,21 +62,30 @@ def test_a_checkpoint_is_scored_with_its_shape_fit_beside_the_score(mis, tmp_pat
     assert {"palette", "shape", "texture", "score"} <= set(row) and 0.0 <= row["shape_fit"] <= 1.0
     assert row["shape_fit"] <= row["any_shape_fit"] <= 1.0  # the set's shape is one of the kinds
     assert set(row["shape_fit_by_kind"]) <= {"circle", "square", "triangle", "star", "cross", "ring"}
-    older = {k: v for k, v in row.items() if k not in ("shape_fit", "any_shape_fit")}  # scored before the columns
+    older = {k: v for k, v in row.items() if k not in ("shape_fit", "any_shape_fit", "kind_contrast")}
     report = {"settings": {"argv": "--checkpoints x", "sets": 2, "generate": 1, "steps": 1}, "machine": "here",
               "runs": {"dino": {"command": "m2m train", "rows": [older, row]}}}
     lines = section(report).splitlines()
     header = next(i for i, line in enumerate(lines) if line.startswith("| step |"))
-    assert lines[header].endswith("| score | shape fit | any-shape fit |")
-    assert lines[header + 2].endswith(" | - | - |")
-    assert lines[header + 3].endswith(f" | {row['shape_fit']:.2f} | {row['any_shape_fit']:.2f} |")
+    assert lines[header].endswith("| score | shape fit | any-shape fit | kind contrast |")
+    assert lines[header + 2].endswith(" | - | - | - |")  # scored before the columns
+    contrast = f"{row['kind_contrast']:.2f}" if len(row["shape_fit_by_kind"]) > 1 else "-"
+    assert lines[header + 3].endswith(f" | {row['shape_fit']:.2f} | {row['any_shape_fit']:.2f} | {contrast} |")
     kind, fit = next(iter(row["shape_fit_by_kind"].items()))
     assert any(line.startswith("Shape fit by the set's shape kind at step 1:") and f"{kind} {fit:.2f}" in line
                for line in lines)
     # the diagnostic's scale, from the held-out images themselves
     reference = reference_fits(mis, 4)
     assert reference["held-out images"] > 0.9 > reference["blurred by 2 px"] > reference["another shape kind"]
+    assert reference["kind contrast"] > 0.1  # the held-out sets (of several kinds) draw their own kind
     assert f"held-out images {reference['held-out images']:.2f}" in section({**report, "reference_fits": reference})
+
+
+def test_the_newest_checkpoint_is_scored_again_when_it_lacks_a_per_kind_column():
+    assert lacks_per_kind({"shape_fit": 0.5})
+    assert not lacks_per_kind({"shape_fit_by_kind": {"circle": 0.5}})  # one kind: no contrast to read
+    assert lacks_per_kind({"shape_fit_by_kind": {"circle": 0.5, "square": 0.6}})
+    assert not lacks_per_kind({"shape_fit_by_kind": {"circle": 0.5, "square": 0.6}, "kind_contrast": 0.0})
 
 
 def test_a_pilot_from_an_init_folder_loads_with_its_own_architecture(mis, tmp_path):  # noqa: F811

@@ -12,6 +12,7 @@ from m2m.data.tasks_procedure import ProcedureDataset, write_procedure_fixture
 from m2m.evaluation.consistency import (
     chance_level,
     nvs_consistency,
+    object_shape_fits,
     procedure_consistency,
     set_consistency,
     set_shape_fits,
@@ -84,6 +85,23 @@ def test_the_shape_fit_is_also_read_per_kind():
     assert by_kind["ring"] == pytest.approx(set_shape_fits(blurred, ring_ref)["shape_fit"])
     assert by_kind["ring"] < by_kind["star"] - 0.1
     assert fits["shape_fit"] == pytest.approx((by_kind["star"] + by_kind["ring"]) / 2)  # equal counts
+
+
+def test_the_kind_contrast_says_whether_the_objects_follow_the_sets_kind():
+    stars, star_ref = _set("ocean stars polka")
+    rings, ring_ref = _set("ocean rings polka")
+    labels = [star_ref] * len(stars) + [ring_ref] * len(rings)
+    followed = set_shape_fits(stars + rings, labels)
+    assert followed["kind_contrast"] > 0.3  # stars for the star set, rings for the ring set
+    star_fit = [object_shape_fits(image)["star"] for image in stars + rings]
+    ring_fit = [object_shape_fits(image)["ring"] for image in stars + rings]
+    n = len(stars)
+    by_hand = (np.mean(star_fit[:n]) - np.mean(star_fit[n:]) + np.mean(ring_fit[n:]) - np.mean(ring_fit[:n])) / 2
+    assert followed["kind_contrast"] == pytest.approx(by_hand)  # each kind against the other sets only
+    ignored = set_shape_fits(stars + stars, labels)  # the same objects whatever the set's kind
+    assert ignored["kind_contrast"] == pytest.approx(0.0, abs=1e-9)
+    assert set_shape_fits(rings + stars, labels)["kind_contrast"] < -0.3  # each set drawn as the other
+    assert "kind_contrast" not in set_shape_fits(stars, star_ref)  # one kind: nothing to contrast
 
 
 def test_bad_calls_are_refused():
