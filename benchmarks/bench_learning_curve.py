@@ -167,8 +167,8 @@ def section(report: dict, heading: str = SECTION, stem: str = "learning_curve") 
               f"fit, a diagnostic beside the score); the detector accepts a shape from {MIN_SHAPE_FIT}. Any-shape "
               "fit: the same IoU with whichever shape kind fits the objects best (is a clean shape drawn at all, "
               "the set's or another?). Kind contrast (sets of several kinds): the fit to each kind of the objects "
-              "in that kind's sets minus their fit to it in the other sets, averaged over the kinds (0: the same objects "
-              "whatever the set's kind). `-`: scored before the column existed, or one kind."
+              "in that kind's sets minus their fit to it in the other sets, averaged over the kinds (0: the same "
+              "objects whatever the set's kind). `-`: scored before the column existed, or one kind."
               + (f" The same fit on the held-out sets' preceding images: {reference}." if reference else ""), "",
               f"![consistency of each checkpoint against images seen](results/{stem}.png)", ""]
     return "\n".join(lines)
