@@ -85,7 +85,10 @@ def run_header(args, argv: list[str] | None) -> dict:
     """What every results JSON starts with: the settings (``argv`` as typed) and the machine."""
     import sys
 
-    settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    def plain(value):
+        return str(value) if isinstance(value, Path) else [plain(v) for v in value] if isinstance(value, list) else value
+
+    settings = {k: plain(v) for k, v in vars(args).items()}
     settings["argv"] = " ".join(sys.argv[1:] if argv is None else argv)
     return {"settings": settings, "machine": f"CPU ({os.cpu_count()} cores), {torch.get_num_threads()} torch thread(s)"}
 
