@@ -5,9 +5,11 @@ The paper's M2M-DINO reads a set through the last hidden states of a DINOv2 pre-
 tokens carry the palette but not the shape kind (``bench_context_probe.py``: shape at chance). This pilot
 gives the same architecture (``presets.TINY_DINO``) a short self-supervised pre-training on the MIS's
 training images, no attributes or captions read: SimCLR's contrastive loss (Chen et al. 2020) between two
-augmented views of one image, with augmentations that keep an object's kind and change everything else that
-is easy to match on — a random rotation, scale and shift (affine, reflected at the border), a flip, and the
-colour channels permuted and each inverted at random (so the palette no longer tells two images apart).
+augmented views of one image (``--positives image``) or of two images of one set (``--positives set``: the
+pairing the MIS gives for free, as M2M's own training reads it), with augmentations that keep an object's
+kind and change everything else that is easy to match on — a random rotation, scale and shift (affine,
+reflected at the border), a flip, and the colour channels permuted and each inverted at random (so the
+palette no longer tells two images apart).
 
 Saves a transformers ``Dinov2Model`` folder (safetensors) and ``pretrain.json`` (settings and the loss curve);
 ``--init-out`` also writes an untrained tiny M2M-DINO pipeline with this encoder as its frozen ``image_encoder``,
@@ -34,14 +36,16 @@ from learning.common import offline_on_cpu
 
 
 def training_images(mis: Path) -> torch.Tensor:
-    """Every image of the MIS's train split, ``(n, 3, 32, 32)`` in [-1, 1]."""
+    """The images of the MIS's train split by set, ``(sets, images per set, 3, 32, 32)`` in [-1, 1] (every
+    set cut to the smallest set's count)."""
     from m2m.data.loader import read_mis_sets
 
     sets = read_mis_sets(mis, split="train")
     if not sets:
         raise SystemExit(f"{mis}: no training sets")
-    pixels = [np.asarray(image.resize((32, 32)), dtype=np.float32) for s in sets for image in s["images"]]
-    return torch.from_numpy(np.stack(pixels)).permute(0, 3, 1, 2) / 127.5 - 1
+    count = min(len(s["images"]) for s in sets)
+    pixels = [[np.asarray(image.resize((32, 32)), dtype=np.float32) for image in s["images"][:count]] for s in sets]
+    return torch.from_numpy(np.stack(pixels)).permute(0, 1, 4, 2, 3) / 127.5 - 1
 
 
 def augment(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -61,6 +65,17 @@ def augment(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     views = torch.gather(views, 1, order[:, :, None, None].expand_as(views))
     sign = torch.where(torch.rand(n, 3, 1, 1, generator=generator) < 0.5, -1.0, 1.0)
     return views * sign
+
+
+def pairs(images: torch.Tensor, n: int, positives: str, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
+    """``n`` positive pairs from ``images`` ``(sets, per set, 3, H, W)``: one image twice (``image``), or two
+    different images of one set (``set``: what they share is what the set shares)."""
+    sets = torch.randint(images.shape[0], (n,), generator=generator)
+    a = torch.randint(images.shape[1], (n,), generator=generator)
+    if positives == "image":
+        return images[sets, a], images[sets, a]
+    b = (a + torch.randint(1, images.shape[1], (n,), generator=generator)) % images.shape[1]  # another image
+    return images[sets, a], images[sets, b]
 
 
 def nt_xent(a: torch.Tensor, b: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -98,8 +113,8 @@ def pretrain(images: torch.Tensor, args) -> tuple[torch.nn.Module, list[float]]:
         lr = args.lr * min(1.0, (step + 1) / args.warmup) * 0.5 * (1 + math.cos(math.pi * step / args.steps))
         for group in optimizer.param_groups:
             group["lr"] = lr
-        batch = images[torch.randint(len(images), (args.batch_size,), generator=generator)]
-        loss = nt_xent(embed(augment(batch, generator)), embed(augment(batch, generator)), args.temperature)
+        first, second = pairs(images, args.batch_size, args.positives, generator)
+        loss = nt_xent(embed(augment(first, generator)), embed(augment(second, generator)), args.temperature)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -137,6 +152,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--warmup", type=int, default=200)
     parser.add_argument("--temperature", type=float, default=0.2)
+    parser.add_argument("--positives", choices=("image", "set"), default="image",
+                        help="a positive pair: two views of one image, or of two images of one set")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
     args = parser.parse_args(argv)
@@ -149,13 +166,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     offline_on_cpu(args.threads)
     images = training_images(args.data)
-    print(f"{len(images)} training images of {args.data}", flush=True)
+    if args.positives == "set" and images.shape[1] < 2:
+        raise SystemExit(f"{args.data}: --positives set needs sets of two images or more")
+    print(f"{images.shape[0]} training sets of {images.shape[1]} images, {args.data}", flush=True)
     start = time.perf_counter()
     encoder, losses = pretrain(images, args)
     args.out.mkdir(parents=True, exist_ok=True)
     encoder.save_pretrained(args.out, safe_serialization=True)
     settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
-    record = {"settings": settings, "images": len(images), "seconds": time.perf_counter() - start,
+    record = {"settings": settings, "images": images.shape[0] * images.shape[1], "seconds": time.perf_counter() - start,
               "loss_every_100": [float(np.mean(losses[i:i + 100])) for i in range(0, len(losses), 100)],
               "loss_first_10pct": float(np.mean(losses[: max(1, len(losses) // 10)])),
               "loss_last_10pct": float(np.mean(losses[-max(1, len(losses) // 10):]))}

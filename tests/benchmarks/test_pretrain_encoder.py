@@ -13,7 +13,7 @@ import torch
 from tests.training.test_loop import mis  # noqa: F401 - the tiny MIS fixture
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
-from pretrain_encoder import augment, main, nt_xent  # noqa: E402
+from pretrain_encoder import augment, main, nt_xent, pairs  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -43,6 +43,17 @@ def test_a_view_moves_the_picture_and_shuffles_and_inverts_its_colours():
     stripes[:, :, :, ::4] = 1.0  # vertical lines: a turn moves them
     turned = augment(stripes, generator).abs()
     assert (turned - stripes).abs().mean() > 0.1
+
+
+def test_a_positive_pair_is_one_image_twice_or_two_images_of_one_set():
+    generator = torch.Generator().manual_seed(0)
+    images = torch.arange(5 * 4, dtype=torch.float32).view(5, 4, 1, 1, 1).expand(5, 4, 3, 2, 2)  # set s, image i: 4s+i
+    first, second = pairs(images, 64, "image", generator)
+    assert torch.equal(first, second)
+    first, second = pairs(images, 64, "set", generator)
+    a, b = first[:, 0, 0, 0].long(), second[:, 0, 0, 0].long()
+    assert torch.equal(a // 4, b // 4) and bool((a != b).all())  # the same set, another image of it
+    assert len(set((b % 4).tolist())) == 4  # any other image of the set
 
 
 def test_a_short_pretraining_writes_the_encoder_and_an_m2m_dino_that_carries_it(mis, tmp_path):  # noqa: F811
