@@ -131,7 +131,7 @@ def plot(curves: dict[str, list[dict]], name: str = "learning_curve.png") -> Pat
         if contrasted:
             ax.plot(*zip(*contrasted), marker="^", linestyle="-.", color="purple", label="kind contrast")
         ax.set(title=VARIANT_NAMES[variant], xlabel="training images seen (thousands)", ylabel="consistency",
-               ylim=(0, 1.02))
+               ylim=(-0.05, 1.02))  # room below 0 for the kind contrast
         ax.grid(alpha=0.3)
         ax.legend(loc="upper left", fontsize=8)
     fig.tight_layout()
