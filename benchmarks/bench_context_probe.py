@@ -11,15 +11,15 @@ of the train split's images and scored on the held-out sets' images:
 - ``tokens, all``: every token, flattened (knows where each token is: the most a linear read-out can use).
 
 Feature sources: the pixels themselves, each ``--encoders`` DINOv2 folder's tokens, and each ``--models``
-folder's context features: M2M-DINO's
-``image_encoder`` (the tiny preset's DINOv2 has random weights, nothing being downloadable), M2M-Self's
-hidden states at the input of its first Image-Set Attention layer (16x16) and of its mid block's (8x8).
+folder's context features: M2M-DINO's ``image_encoder`` tokens (the tiny preset's DINOv2 has random
+weights, nothing being downloadable), M2M-Self's hidden states at the input of its first Image-Set
+Attention layer (16x16) and of its mid block's (8x8).
 The probe is fixed: features standardised on the train split, L2 penalty ``--l2``, L-BFGS; no setting is
 tuned on the held-out images.
 
 Writes ``results/context_probe.json`` and the "Context probe" section of ``RESULTS.md``.
 
-    python benchmarks/bench_context_probe.py                 # the shipped models, about 2 minutes on 2 cores
+    python benchmarks/bench_context_probe.py                 # the shipped models, about 3 minutes on one core
 """
 
 from __future__ import annotations
