@@ -93,7 +93,7 @@ def reference_fits(mis: Path, sets: int, size: int = 32) -> dict[str, float]:
     the kind contrast of those images, where the sets have several kinds."""
     from PIL import ImageFilter
 
-    from m2m.evaluation.consistency import object_shape_fits, set_shape_fits
+    from m2m.evaluation.consistency import kind_contrast, object_shape_fits
     from m2m.evaluation.image_sets import read_mis_eval_sets
 
     real, _ = read_mis_eval_sets(mis, "test", PRECEDING, size, sets)
@@ -102,11 +102,10 @@ def reference_fits(mis: Path, sets: int, size: int = 32) -> dict[str, float]:
     blurred = [object_shape_fits(image.filter(ImageFilter.GaussianBlur(2.0)))[shape] for image, shape in images]
     other = [v for fit, (_, shape) in zip(fits, images) for kind, v in fit.items() if kind != shape]
     own = [fit[shape] for fit, (_, shape) in zip(fits, images)]
-    fitted = {"held-out images": float(sum(own) / len(own)), "blurred by 2 px": float(sum(blurred) / len(blurred))}
-    if other:
-        fitted["another shape kind"] = float(sum(other) / len(other))
-    contrast = set_shape_fits([image for image, _ in images], [s.attributes for s in real for _ in s.images])
-    return {**fitted, **({"kind contrast": contrast["kind_contrast"]} if "kind_contrast" in contrast else {})}
+    fitted = {"held-out images": float(sum(own) / len(own)), "blurred by 2 px": float(sum(blurred) / len(blurred)),
+              "another shape kind": float(sum(other) / len(other))}
+    kinds = [shape for _, shape in images]
+    return {**fitted, "kind contrast": kind_contrast(fits, kinds)} if len(set(kinds)) > 1 else fitted
 
 
 def plot(curves: dict[str, list[dict]], name: str = "learning_curve.png") -> Path:

@@ -93,12 +93,21 @@ def set_shape_fits(generated_images, reference_attrs: dict | Sequence[dict]) -> 
         "shape_fit_by_kind": {k: float(np.mean([value for kind, value in own if kind == k])) for k in kinds},
     }
     if len(kinds) > 1:
-        contrast = [
-            result["shape_fit_by_kind"][k] - np.mean([fit[k] for fit, (kind, _) in zip(fits, own) if kind != k])
-            for k in kinds
-        ]
-        result["kind_contrast"] = float(np.mean(contrast))
+        result["kind_contrast"] = kind_contrast(fits, [kind for kind, _ in own])
     return result
+
+
+def kind_contrast(fits: Sequence[dict[str, float]], kinds: Sequence[str]) -> float:
+    """``kind_contrast`` of ``set_shape_fits`` from each image's fits (``object_shape_fits``) and its set's
+    shape kind; the images must come from sets of two kinds or more."""
+    present = sorted(set(kinds))
+    if len(present) < 2:
+        raise ValueError(f"kind_contrast needs sets of two shape kinds or more, got {present}")
+    return float(np.mean([
+        np.mean([fit[k] for fit, kind in zip(fits, kinds) if kind == k])
+        - np.mean([fit[k] for fit, kind in zip(fits, kinds) if kind != k])
+        for k in present
+    ]))
 
 
 def object_shape_fits(image) -> dict[str, float]:

@@ -11,6 +11,7 @@ from m2m.data.tasks_nvs import write_nvs_fixture
 from m2m.data.tasks_procedure import ProcedureDataset, write_procedure_fixture
 from m2m.evaluation.consistency import (
     chance_level,
+    kind_contrast,
     nvs_consistency,
     object_shape_fits,
     procedure_consistency,
@@ -102,6 +103,8 @@ def test_the_kind_contrast_says_whether_the_objects_follow_the_sets_kind():
     assert ignored["kind_contrast"] == pytest.approx(0.0, abs=1e-9)
     assert set_shape_fits(rings + stars, labels)["kind_contrast"] < -0.3  # each set drawn as the other
     assert "kind_contrast" not in set_shape_fits(stars, star_ref)  # one kind: nothing to contrast
+    with pytest.raises(ValueError, match="two shape kinds"):
+        kind_contrast([object_shape_fits(image) for image in stars], ["star"] * len(stars))
 
 
 def test_bad_calls_are_refused():
