@@ -39,13 +39,13 @@ def training_images(mis: Path) -> torch.Tensor:
     """The images of the MIS's train split by set, ``(sets, images per set, 3, 32, 32)`` in [-1, 1] (every
     set cut to the smallest set's count)."""
     from m2m.data.loader import read_mis_sets
+    from m2m.pipeline import from_pil
 
     sets = read_mis_sets(mis, split="train")
     if not sets:
         raise SystemExit(f"{mis}: no training sets")
     count = min(len(s["images"]) for s in sets)
-    pixels = [[np.asarray(image.resize((32, 32)), dtype=np.float32) for image in s["images"][:count]] for s in sets]
-    return torch.from_numpy(np.stack(pixels)).permute(0, 1, 4, 2, 3) / 127.5 - 1
+    return from_pil([[image.resize((32, 32)) for image in s["images"][:count]] for s in sets])
 
 
 def augment(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -89,24 +89,18 @@ def nt_xent(a: torch.Tensor, b: torch.Tensor, temperature: float) -> torch.Tenso
 
 
 def pretrain(images: torch.Tensor, args) -> tuple[torch.nn.Module, list[float]]:
-    from transformers import Dinov2Config, Dinov2Model
-
-    from m2m.models import presets
-    from m2m.models.encoders import IMAGENET_MEAN, IMAGENET_STD
+    from m2m.models.encoders import dino_encoder, dino_features
 
     torch.manual_seed(args.seed)
-    encoder = Dinov2Model(Dinov2Config(**presets.TINY_DINO))
+    encoder = dino_encoder("tiny", None).train()  # the tiny preset's architecture, randomly initialised
     width = encoder.config.hidden_size
     head = torch.nn.Sequential(torch.nn.Linear(width, 4 * width), torch.nn.GELU(), torch.nn.Linear(4 * width, width))
     params = [*encoder.parameters(), *head.parameters()]
     optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.05)
-    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
     generator = torch.Generator().manual_seed(args.seed)
 
-    def embed(views):  # as dino_features reads an image, then the mean token through the projection head
-        hidden = encoder(pixel_values=((views + 1) / 2 - mean) / std).last_hidden_state
-        return head(hidden.mean(1))
+    def embed(views):  # the tokens M2M-DINO reads (dino_features), their mean through the projection head
+        return head(dino_features(encoder, views[:, None], views.shape[-1])[:, 0].mean(1))
 
     losses, start = [], time.perf_counter()
     for step in range(args.steps):
