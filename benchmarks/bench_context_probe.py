@@ -63,13 +63,13 @@ def probe_accuracy(train_x: torch.Tensor, train_y: list, test_x: torch.Tensor, t
 
 def split_images(mis: Path, split: str, limit: int | None) -> tuple[torch.Tensor, dict[str, list]]:
     """The split's images ``(n, 3, 32, 32)`` in [-1, 1] and each image's set attributes."""
+    from m2m.evaluation.evaluate import preceding_images
     from m2m.evaluation.image_sets import read_mis_eval_sets
 
     sets, _ = read_mis_eval_sets(mis, split, IMAGES_PER_SET, 32, limit)
     if not sets:
         raise SystemExit(f"{mis}: no {split} sets with {IMAGES_PER_SET} images")
-    pixels = [torch.from_numpy(np.asarray(image, dtype=np.float32)) for s in sets for image in s.images]
-    images = torch.stack(pixels).permute(0, 3, 1, 2) / 127.5 - 1
+    images = preceding_images(sets, IMAGES_PER_SET).flatten(0, 1)
     return images, {a: [s.attributes[a] for s in sets for _ in s.images] for a in ATTRIBUTES}
 
 
@@ -79,8 +79,9 @@ def context_tokens(pipe, images: torch.Tensor) -> dict[str, torch.Tensor]:
     (one source; every layer projects the same features). M2M-Self: the hidden states at the input of the
     first Image-Set Attention layer and of the mid block's, from the clean pass at t = 0."""
     unet = pipe.unet
-    if unet.context_encoder.external:
-        return {"E_v tokens": pipe._context_of(images[:, None], None)[:, 0].float()}
+    encoder = unet.context_encoder
+    if encoder.external:
+        return {"E_v tokens": encoder.features(pipe.image_encoder, images[:, None], unet.config.dino_image_size)[:, 0]}
     names = {id(attn): name for name, attn in unet.unet.named_modules()}
     layers = [names[id(attn)] for attn, _ in unet.image_set_layers()]
     first = next(name for name in layers if name.startswith("down_blocks."))
@@ -104,15 +105,22 @@ def context_tokens(pipe, images: torch.Tensor) -> dict[str, torch.Tensor]:
     return seen
 
 
-@torch.no_grad()
-def encoder_tokens(folder: Path, images: torch.Tensor) -> torch.Tensor:
-    """The tokens ``(n, S, D)`` a DINOv2 folder (``m2m init --dino-folder``) gives M2M-DINO's attention."""
+def feature_sources(args):
+    """Each source of features, loaded once: ``images (n, 3, H, W) -> {row name: tokens (n, tokens, width)}``."""
     from transformers import Dinov2Model
 
     from m2m.models.encoders import dino_features
 
-    encoder = Dinov2Model.from_pretrained(folder, local_files_only=True).eval()
-    return dino_features(encoder, images[:, None], images.shape[-1])[:, 0].float()
+    yield lambda images: {"pixels": images.flatten(2).transpose(1, 2)}  # one token per pixel
+    for folder in args.encoders:  # a DINOv2 folder (benchmarks/pretrain_encoder.py) read as M2M-DINO reads E_v
+        encoder = Dinov2Model.from_pretrained(folder, local_files_only=True).eval()
+        yield lambda images, encoder=encoder, name=folder.name: {
+            f"E_v ({name}): tokens": dino_features(encoder, images[:, None], images.shape[-1])[:, 0]}
+    for folder in args.models:
+        pipe = load(folder)
+        variant = pipe.unet.context_encoder.display_name
+        yield lambda images, pipe=pipe, name=f"{variant} ({folder.name})": {
+            f"{name}: {source}": tokens for source, tokens in context_tokens(pipe, images).items()}
 
 
 def probe_rows(name: str, train: torch.Tensor, test: torch.Tensor, labels: tuple[dict, dict], l2: float) -> dict:
@@ -130,22 +138,12 @@ def run(args) -> dict:
     train_images, train_labels = split_images(args.data, "train", args.train_sets)
     test_images, test_labels = split_images(args.data, "test", args.test_sets)
     labels = (train_labels, test_labels)
-    as_tokens = {"pixels": lambda x: x.flatten(2).transpose(1, 2)}  # one token per pixel
     results = {}
-    results.update(probe_rows("pixels", as_tokens["pixels"](train_images), as_tokens["pixels"](test_images),
-                              labels, args.l2))
-    for folder in args.encoders:
-        train_tokens, test_tokens = encoder_tokens(folder, train_images), encoder_tokens(folder, test_images)
-        results.update(rows := probe_rows(f"E_v ({folder.name}): tokens", train_tokens, test_tokens, labels, args.l2))
-        print(*(f"{name}: " + ", ".join(f"{a} {v:.2f}" for a, v in row.items()) for name, row in rows.items()),
-              sep="\n", flush=True)
-    for folder in args.models:
-        pipe = load(folder)
-        variant = pipe.unet.context_encoder.display_name
-        train_tokens, test_tokens = context_tokens(pipe, train_images), context_tokens(pipe, test_images)
+    for read in feature_sources(args):
+        with torch.no_grad():
+            train_tokens, test_tokens = read(train_images), read(test_images)
         for source in train_tokens:
-            rows = probe_rows(f"{variant} ({folder.name}): {source}", train_tokens[source], test_tokens[source],
-                              labels, args.l2)
+            rows = probe_rows(source, train_tokens[source].float(), test_tokens[source].float(), labels, args.l2)
             results.update(rows)
             print(*(f"{name}: " + ", ".join(f"{a} {v:.2f}" for a, v in row.items()) for name, row in rows.items()),
                   sep="\n", flush=True)
