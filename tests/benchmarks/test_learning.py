@@ -6,8 +6,10 @@ import shlex
 import sys
 from pathlib import Path
 
+import pytest
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
-from bench_learning import build_mis  # noqa: E402
+from bench_learning import build_mis, build_training_mis  # noqa: E402
 from learning.common import train_command  # noqa: E402
 
 
@@ -80,6 +82,35 @@ def test_several_prefixes_take_turns_so_the_kinds_are_as_many_sets_each(tmp_path
     captions = pq.read_table(root / "captions.parquet").column("caption").to_pylist()
     kinds = collections.Counter(ProceduralGenerator(32).attributes(caption)["shape"] for caption in captions)
     assert set(kinds) == {"circle", "square"} and abs(kinds["circle"] - kinds["square"]) <= 1
+
+
+def test_a_training_mis_names_every_attribute_in_its_captions_and_holds_no_test_split(tmp_path):
+    import collections
+    import json
+
+    import pyarrow.parquet as pq
+
+    from m2m.data.loader import read_mis_sets
+    from m2m.data.procedural import ProceduralGenerator
+
+    root = build_training_mis(tmp_path / "mis", 130, shapes=("circle", "star"), seed=1)
+    captions = pq.read_table(root / "captions.parquet").column("caption").to_pylist()
+    assert len(set(captions)) == 130
+    for caption in captions:  # the caption's own words decide: palette, shape kind, texture, serial number
+        palette, shape, texture, _ = caption.split()
+        assert ProceduralGenerator(32).attributes(caption) == {"palette": palette, "shape": shape, "texture": texture}
+    kinds = collections.Counter(caption.split()[1] for caption in captions)
+    assert set(kinds) == {"circle", "star"} and min(kinds.values()) >= 45
+    assert len({caption.split()[0] for caption in captions}) == 8
+    assert json.loads((root / "manifest.json").read_text())["split"] == {"train": 130, "test": 0}
+    sets = read_mis_sets(root / "manifest.json", split="train")
+    assert len(sets) == 130 and {s["attributes"]["shape"] for s in sets} == {"circle", "star"}
+    assert all(s["attributes"]["palette"] == s["caption"].split()[0] for s in sets)
+    shards = {p.name: p.read_bytes() for p in (root / "shards").glob("*.tar")}
+    again = build_training_mis(tmp_path / "mis", 130, shapes=("circle", "star"), seed=1)
+    assert {p.name: p.read_bytes() for p in (again / "shards").glob("*.tar")} == shards
+    with pytest.raises(ValueError, match="shapes must be among"):
+        build_training_mis(tmp_path / "bad", 4, shapes=("hexagon",))
 
 
 def test_a_section_rewritten_in_place_keeps_a_blank_line_before_the_next(tmp_path, monkeypatch):
