@@ -81,6 +81,13 @@ def score_checkpoint(folder: Path, mis: Path, args) -> dict:
             "train_hours": state["train_s"] / 3600, **row}
 
 
+def run_command(state: dict) -> str:
+    """The ``m2m train`` command of a run from its newest checkpoint's trainer state: the MIS it trained on
+    (which need not be the one its held-out sets are scored on) and the precision of its last stretch."""
+    precision = state.get("precision", [])  # [first step, precision] of each stretch, where recorded
+    return train_command({**state["settings"], "mixed_precision": precision[-1][1] if precision else None})
+
+
 def lacks_per_kind(row: dict) -> bool:
     """Scored before the fit per kind, or (sets of several kinds) before the kind contrast."""
     return "shape_fit_by_kind" not in row or (len(row["shape_fit_by_kind"]) > 1 and "kind_contrast" not in row)
@@ -236,8 +243,7 @@ def main(argv: list[str] | None = None) -> int:
         rows = sorted(done.values(), key=lambda row: row["step"])  # a run keeps its newest checkpoints only
         state = read_trainer_state(found[-1])
         precision = state.get("precision", [])  # [first step, precision] of each stretch, where recorded
-        command = train_command({**state["settings"], "mixed_precision": precision[-1][1] if precision else None},
-                                args.data)
+        command = run_command(state)
         runs[variant] = {"checkpoints": str(root), "protocol": protocol, "command": command, "rows": rows,
                          "precision": precision}
         save_json({**runs[variant]}, cache.name)

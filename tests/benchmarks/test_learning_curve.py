@@ -22,6 +22,7 @@ from bench_learning_curve import (  # noqa: E402
     precision_note,
     reference_fits,
     results_name,
+    run_command,
     score_checkpoint,
     section,
     train_command,
@@ -45,6 +46,17 @@ def test_a_checkpoint_loads_as_the_model_its_run_writes(mis, tmp_path):  # noqa:
     raw = load_file(out.with_name("m2m-dino.ckpt") / "checkpoint-000002" / "model.safetensors")
     assert any(not torch.equal(raw[k], saved[k]) for k in raw if k in saved)  # EMA differs from the raw weights
     assert "--variant dino" in train_command(settings, mis) and "--steps" not in train_command(settings, mis)
+    state = json.loads((out.with_name("m2m-dino.ckpt") / "checkpoint-000002" / "trainer_state.json").read_text())
+    assert f"--data {mis} " in run_command(state)  # the MIS it trained on, whichever one scores it
+
+
+def test_the_command_of_a_run_names_its_own_mis_and_last_precision():
+    settings = {"variant": "dino", "data": "assets/bench/large/mis", "batch_size": 4, "n_images": 5, "lr": 5e-4,
+                "ema": True, "ema_decay": 0.999, "seed": 0}
+    command = run_command({"settings": settings, "precision": [[0, "no"], [800, "bf16"]]})
+    assert "--data assets/bench/large/mis " in command and command.count("--data") == 1
+    assert "--mixed-precision bf16" in command
+    assert "--mixed-precision" not in run_command({"settings": settings})
 
 
 def test_a_checkpoint_is_scored_with_its_shape_fit_beside_the_score(mis, tmp_path):  # noqa: F811
