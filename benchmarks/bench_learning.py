@@ -84,29 +84,43 @@ def build_mis(root: Path, prefix: str | Sequence[str] | None = None) -> Path:
     return root
 
 
-def build_training_mis(root: Path, n_sets: int, shapes: Sequence[str] | None = None, seed: int = 0) -> Path:
+def build_training_mis(
+    root: Path,
+    n_sets: int,
+    shapes: Sequence[str] | None = None,
+    seed: int = 0,
+    palettes: Sequence[str] | None = None,
+    textures: Sequence[str] | None = None,
+) -> Path:
     """A training-only procedural MIS of ``n_sets`` sets (no test split) from generated captions.
 
     The shipped sample gives 240 training sets, which a run of 2,000 steps x 4 sets sees 33 times each;
     the held-out sets stay those of ``build_mis``. Each caption names a palette, a shape kind (one of
     ``shapes``, default all) and a texture drawn uniformly by a seeded generator, then a serial number, so
     every attribute combination is common and no two captions are alike; the images are the same
-    generator's. Complete shards are kept on a rerun."""
+    generator's. ``palettes`` and ``textures`` narrow those attributes as ``shapes`` does the kind (one
+    palette and one texture: sets that differ in their shape kind alone). Complete shards are kept on a
+    rerun."""
     import numpy as np
 
     from m2m.data.captions import filter_captions
     from m2m.data.procedural import PALETTES, SHAPES, TEXTURES, ProceduralGenerator
     from m2m.data.shards import build_manifest, write_shard
 
-    kinds = list(shapes or SHAPES)
-    unknown = sorted(set(kinds) - set(SHAPES))
-    if unknown or n_sets < 1:
-        raise ValueError(f"build_training_mis: shapes must be among {SHAPES} and n_sets >= 1 (got {unknown}, {n_sets})")
+    if n_sets < 1:
+        raise ValueError(f"build_training_mis: n_sets must be >= 1, got {n_sets}")
+    chosen = {}
+    for name, given, values in (("palettes", palettes, tuple(PALETTES)), ("shapes", shapes, SHAPES),
+                                ("textures", textures, TEXTURES)):
+        chosen[name] = list(given or values)
+        unknown = sorted(set(chosen[name]) - set(values))
+        if unknown:
+            raise ValueError(f"build_training_mis: {name} must be among {values}, got {unknown}")
     rng = np.random.default_rng(seed)
     root.mkdir(parents=True, exist_ok=True)
-    palettes = list(PALETTES)
     rows = [
-        f"https://example.org/set/{i}\t{rng.choice(palettes)} {rng.choice(kinds)} {rng.choice(TEXTURES)} {i:06d}\n"
+        f"https://example.org/set/{i}\t{rng.choice(chosen['palettes'])} {rng.choice(chosen['shapes'])} "
+        f"{rng.choice(chosen['textures'])} {i:06d}\n"
         for i in range(n_sets)
     ]
     (root / "captions.tsv").write_text("".join(rows), encoding="utf-8")

@@ -111,6 +111,18 @@ def test_a_training_mis_names_every_attribute_in_its_captions_and_holds_no_test_
     assert {p.name: p.read_bytes() for p in (again / "shards").glob("*.tar")} == shards
     with pytest.raises(ValueError, match="shapes must be among"):
         build_training_mis(tmp_path / "bad", 4, shapes=("hexagon",))
+    with pytest.raises(ValueError, match="textures must be among"):
+        build_training_mis(tmp_path / "bad", 4, textures=("plaid",))
+
+
+def test_a_kind_only_training_mis_varies_the_shape_kind_alone(tmp_path):
+    from m2m.data.loader import read_mis_sets
+
+    root = build_training_mis(tmp_path / "mis", 40, shapes=("circle", "square"), palettes=("ocean",),
+                              textures=("plain",))
+    sets = read_mis_sets(root / "manifest.json", split="train")
+    assert {(s["attributes"]["palette"], s["attributes"]["texture"]) for s in sets} == {("ocean", "plain")}
+    assert {s["attributes"]["shape"] for s in sets} == {"circle", "square"}
 
 
 def test_a_section_rewritten_in_place_keeps_a_blank_line_before_the_next(tmp_path, monkeypatch):
