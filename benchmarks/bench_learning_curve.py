@@ -72,7 +72,8 @@ def score_checkpoint(folder: Path, mis: Path, args) -> dict:
     state = read_trainer_state(folder)
     sets, _ = read_mis_eval_sets(mis, "test", PRECEDING, pipe.image_size, args.sets)
     context, references = preceding_images(sets, PRECEDING), [s.attributes for s in sets]
-    generated = generate_continuations(pipe, context, args.generate, PRECEDING, args.steps, None, args.seed, 16)
+    guidance = getattr(args, "guidance_scale", None)  # None: the model's own s
+    generated = generate_continuations(pipe, context, args.generate, PRECEDING, args.steps, guidance, args.seed, 16)
     row = mean_rows(set_consistency_per_position(generated, references))
     per_image = [references[s] for s in range(generated.shape[0]) for _ in range(generated.shape[1])]
     row.update(set_shape_fits(generated.flatten(0, 1) * 2 - 1, per_image))
@@ -147,13 +148,19 @@ def plot(curves: dict[str, list[dict]], name: str = "learning_curve.png") -> Pat
     return path
 
 
+def guidance_note(scale: float | None) -> str:
+    """``, s = 2`` where the curve was scored at a guidance scale other than each model's own."""
+    return "" if scale is None else f", guidance s = {scale:g} instead of the model's own"
+
+
 def section(report: dict, heading: str = SECTION, stem: str = "learning_curve") -> str:
     raw = "results/learning_curve_<variant>.json" if stem == "learning_curve" else f"results/{stem}.json"
     if stem != "learning_curve" and len(report["runs"]) > 1:
         raw = f"results/{stem}-<variant>.json"
     lines = [heading, "", f"`python benchmarks/bench_learning_curve.py {report['settings']['argv']}` on "
              f"{report['machine']}: every checkpoint of each run, scored on {report['settings']['sets']} held-out "
-             f"sets x {report['settings']['generate']} generated images (K = 4, DDIM {report['settings']['steps']}; "
+             f"sets x {report['settings']['generate']} generated images (K = 4, DDIM {report['settings']['steps']}"
+             f"{guidance_note(report['settings'].get('guidance_scale'))}; "
              f"the judge of the proof of learning). Raw numbers: `{raw}`.", ""]
     for variant, run in report["runs"].items():
         lines += [f"{VARIANT_NAMES[variant]}, trained by `{run['command']}`{precision_note(run)}:", "",
@@ -202,6 +209,8 @@ def parse_args(argv):
     parser.add_argument("--generate", type=int, default=4, help="images generated per set")
     parser.add_argument("--steps", type=int, default=20, help="DDIM steps")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--guidance-scale", type=float, default=None,
+                        help="s of eq. 6 for every checkpoint (default: each model's own, 1 for tiny)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
     parser.add_argument("--label", help="a pilot's name: its own results file, plot and RESULTS.md section")
     args = parser.parse_args(argv)
@@ -229,6 +238,8 @@ def main(argv: list[str] | None = None) -> int:
         found = found_in[root]
         cache = RESULTS / f"learning_curve_{results_name(args.label, variant, len(variants))}.json"
         protocol = {k: getattr(args, k) for k in ("sets", "generate", "steps", "seed")}
+        if args.guidance_scale is not None:  # runs scored at their own s keep the protocol they were scored with
+            protocol["guidance_scale"] = args.guidance_scale
         old = json.loads(cache.read_text(encoding="utf-8")) if cache.is_file() else {}
         same = old.get("protocol") == protocol and old.get("checkpoints") == str(root)
         done = {r["checkpoint"]: r for r in old.get("rows", [])} if same else {}

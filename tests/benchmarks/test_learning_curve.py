@@ -59,7 +59,7 @@ def test_the_command_of_a_run_names_its_own_mis_and_last_precision():
     assert "--mixed-precision" not in run_command({"settings": settings})
 
 
-def test_a_checkpoint_is_scored_with_its_shape_fit_beside_the_score(mis, tmp_path):  # noqa: F811
+def test_a_checkpoint_is_scored_with_its_shape_fit_beside_the_score(mis, tmp_path, monkeypatch):  # noqa: F811
     import argparse
 
     out = tmp_path / "m2m-dino"
@@ -86,6 +86,19 @@ def test_a_checkpoint_is_scored_with_its_shape_fit_beside_the_score(mis, tmp_pat
     kind, fit = next(iter(row["shape_fit_by_kind"].items()))
     assert any(line.startswith("Shape fit by the set's shape kind at step 1:") and f"{kind} {fit:.2f}" in line
                for line in lines)
+    assert "DDIM 1;" in section(report)
+    report["settings"]["guidance_scale"] = 2.0
+    assert "DDIM 1, guidance s = 2 instead of the model's own;" in section(report)
+    # the scale given is the one the images are generated with; none given: the model's own (None)
+    from m2m.evaluation import evaluate
+
+    scales, generate = [], evaluate.generate_continuations
+    monkeypatch.setattr(evaluate, "generate_continuations",
+                        lambda pipe, *a: scales.append(a[4]) or generate(pipe, *a))
+    for given in (0.0, None):
+        score_checkpoint(out.with_name("m2m-dino.ckpt") / "checkpoint-000001", mis,
+                         argparse.Namespace(sets=2, generate=1, steps=1, seed=0, guidance_scale=given))
+    assert scales == [0.0, None]
     # the diagnostic's scale, from the held-out images themselves
     reference = reference_fits(mis, 4)
     assert reference["held-out images"] > 0.9 > reference["blurred by 2 px"] > reference["another shape kind"]
