@@ -13,7 +13,7 @@
 # land in $OUT.
 #
 #   bash scripts/device_learning.sh            # on the GPU machine, from the repository root
-#   MINUTES=1 STEPS=16 BATCH=2 TRAIN_SETS=128 SETS=2 WORK=/tmp/device bash scripts/device_learning.sh  # smoke run
+#   MINUTES=3 STEPS=8 BATCH=2 TRAIN_SETS=128 SETS=2 WORK=/tmp/device bash scripts/device_learning.sh  # smoke run
 #
 # Packages the GPU image lacks travel as wheels in .whl/ (git-ignored), installed to /tmp/site when present:
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 -d .whl \
@@ -76,13 +76,17 @@ train dino two-kind runs-two-kind & train self two-kind runs-two-kind & train di
 train dino kind-only runs-kind-only & wait
 
 echo "== scoring the newest checkpoints on the CPU"
-$PY benchmarks/bench_learning_curve.py --checkpoints "$WORK/runs-two-kind/m2m-dino.ckpt" \
-    "$WORK/runs-two-kind/m2m-self.ckpt" --data "$WORK/two-kind" --sets "$SETS" --label device-two-kind
-$PY benchmarks/bench_learning_curve.py --checkpoints "$WORK/runs-six-kind/m2m-dino.ckpt" --data "$WORK/six-kind" \
-    --sets "$SETS" --label device-six-kind
-$PY benchmarks/bench_learning_curve.py --checkpoints "$WORK/runs-kind-only/m2m-dino.ckpt" --data "$WORK/kind-only" \
-    --sets "$SETS" --label device-kind-only
-cp benchmarks/results/learning_curve_device-*.json "$OUT/"
+failed=0
+score() {  # name data checkpoints...: one label; a run that left no checkpoint fails its label, not the others
+    local name=$1 data=$2
+    shift 2
+    $PY benchmarks/bench_learning_curve.py --checkpoints "$@" --data "$WORK/$data" --sets "$SETS" \
+        --label "device-$name" || { echo "device-$name: not scored"; failed=1; }
+}
+score two-kind two-kind "$WORK/runs-two-kind/m2m-dino.ckpt" "$WORK/runs-two-kind/m2m-self.ckpt"
+score six-kind six-kind "$WORK/runs-six-kind/m2m-dino.ckpt"
+score kind-only kind-only "$WORK/runs-kind-only/m2m-dino.ckpt"
+cp benchmarks/results/learning_curve_device-*.json "$OUT/" 2>/dev/null || true
 for log in "$OUT"/train-*.log; do tail -c 4000 "$log" > "$log.tail" && mv "$log.tail" "$log"; done
 $PY - <<'EOF'
 import json, glob
@@ -93,3 +97,4 @@ for path in sorted(glob.glob("benchmarks/results/learning_curve_device-*.json"))
               f"{r['palette']:.2f} shape {r['shape']:.2f} texture {r['texture']:.2f} score {r['score']:.2f} "
               f"shape fit {r['shape_fit']:.2f} kind contrast {r.get('kind_contrast', float('nan')):.2f}")
 EOF
+exit $failed
