@@ -62,9 +62,6 @@ def build_mis(root: Path, prefix: str | Sequence[str] | None = None) -> Path:
     i mod n). The caption grammar takes an attribute from its first keyword, so a shape keyword gives
     every set that shape ("ball": circles only, the one-kind pilot of docs/model.md; ("ball", "box"):
     circles and squares, the two-kind pilot) and leaves the palettes and textures as they were."""
-    from m2m.data.captions import filter_captions
-    from m2m.data.procedural import ProceduralGenerator
-    from m2m.data.shards import build_manifest, write_shard
     from m2m.resources import resource_path
 
     sample = resource_path("cc12m_sample.tsv")
@@ -77,10 +74,20 @@ def build_mis(root: Path, prefix: str | Sequence[str] | None = None) -> Path:
             "".join(f"{url}\t{words[i % len(words)]} {caption}\n" for i, (url, caption) in enumerate(rows)),
             encoding="utf-8",
         )
-    report = filter_captions([sample], root / "captions.parquet", root / "filter_report.json")
+    return mis_from_captions(root, sample, TEST_PERCENT)
+
+
+def mis_from_captions(root: Path, captions: Path, test_percent: float) -> Path:
+    """Filter a caption TSV, write its procedural shards (64 sets each; complete ones are kept on a rerun)
+    and the manifest with ``test_percent`` held out, all under ``root``."""
+    from m2m.data.captions import filter_captions
+    from m2m.data.procedural import ProceduralGenerator
+    from m2m.data.shards import build_manifest, write_shard
+
+    report = filter_captions([captions], root / "captions.parquet", root / "filter_report.json")
     for shard in range(math.ceil(report["kept"] / 64)):
         write_shard(root / "captions.parquet", root / "shards", shard, ProceduralGenerator(32), samples_per_shard=64)
-    build_manifest(root / "shards", root / "manifest.json", test_percent=TEST_PERCENT)
+    build_manifest(root / "shards", root / "manifest.json", test_percent=test_percent)
     return root
 
 
@@ -103,9 +110,7 @@ def build_training_mis(
     rerun."""
     import numpy as np
 
-    from m2m.data.captions import filter_captions
-    from m2m.data.procedural import PALETTES, SHAPES, TEXTURES, ProceduralGenerator
-    from m2m.data.shards import build_manifest, write_shard
+    from m2m.data.procedural import PALETTES, SHAPES, TEXTURES
 
     if n_sets < 1:
         raise ValueError(f"build_training_mis: n_sets must be >= 1, got {n_sets}")
@@ -124,11 +129,7 @@ def build_training_mis(
         for i in range(n_sets)
     ]
     (root / "captions.tsv").write_text("".join(rows), encoding="utf-8")
-    report = filter_captions([root / "captions.tsv"], root / "captions.parquet", root / "filter_report.json")
-    for shard in range(math.ceil(report["kept"] / 64)):
-        write_shard(root / "captions.parquet", root / "shards", shard, ProceduralGenerator(32), samples_per_shard=64)
-    build_manifest(root / "shards", root / "manifest.json", test_percent=0)
-    return root
+    return mis_from_captions(root, root / "captions.tsv", test_percent=0)
 
 
 def mis_pair_chance(references: list[dict]) -> dict:

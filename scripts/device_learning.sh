@@ -18,8 +18,8 @@
 # Packages the GPU image lacks travel as wheels in .whl/ (git-ignored), installed to /tmp/site when present:
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 -d .whl \
 #       diffusers==0.42.1 webdataset==1.0.2 braceexpand==0.1.7
-# About 10 minutes with the defaults (data 1-2, training 5, scoring on 16 cores 2-3). Scoring also writes the device-* sections
-# of RESULTS.md, as any learning curve does.
+# About 10 minutes with the defaults (data 1-2, training 5, scoring on 16 cores 2-3). Scoring also writes
+# the device-* sections of RESULTS.md, as any learning curve does.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
