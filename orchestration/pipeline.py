@@ -1,88 +1,61 @@
-"""The main command: materialize the whole chain through Dagster, then say where to look.
+"""The main command: materialize the whole chain through the project's Dagster instance, then say where to look.
 
     python -m orchestration.pipeline
 
-Runs, in the project's Dagster instance (``DAGSTER_HOME``, default ``.dagster/``) so that they show
-in ``dagster dev`` afterwards: the caption job, one run per MIS shard partition, the job that
-trains and evaluates, and the promotion job. Each stage runs only when DVC says it changed, so a
-second run is quick and changes nothing.
+It starts ``dagster dev`` (webserver, daemon, code server; ``runs/server.py``) for its own length,
+sets the ``gpu`` pool's limit (``runs/pool.py``), follows to their end any runs an earlier command left
+in progress (``runs/recovery.py``), then submits the runs of ``runs/plan.py`` as their dependencies
+succeed, printing what each does (``runs/follow.py``): the captions, one run per MIS shard partition,
+the data steps, one run per training, fine-tuning and the evaluation, and the promotion. Runs go
+through the instance's queue like the UI's, so the pool, run monitoring and run retries apply and the
+runs show in ``dagster dev`` afterwards. Each stage runs only when DVC says it changed, so a second
+run is quick and changes nothing.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import shutil
+import signal
 import sys
 import time
 from pathlib import Path
 
 import dagster as dg
 
-from orchestration import recovery, team
-from orchestration.command import INTERRUPTED
-from orchestration.definitions import defs as load_defs
 from orchestration.defs.jobs import PREPARE_JOB, SHARDS_JOB, TRAIN_JOB
 from orchestration.defs.promotion import promote_champion
-from orchestration.project import CODE_LOCATION, project_root
-from orchestration.stages import PipelineError, load_pipeline
+from orchestration.defs.resources import ComputeResource
+from orchestration.dvc import team
+from orchestration.dvc.stages import PipelineError, load_pipeline
+from orchestration.project import REPO, project_root
+from orchestration.runs import plan, pool, recovery
+from orchestration.runs.follow import Follower
+from orchestration.runs.server import DagsterServer, ServerError
 
-# The run log on the console: what the steps say (INFO), not every engine event (DEBUG).
-RUN_CONFIG = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
-
-
-def failures(result: dg.ExecuteInProcessResult) -> list[str]:
-    """One line per failed step or check: the step and the failure's own description."""
-    lines = []
-    for event in result.all_events:
-        if event.is_step_failure:
-            data = event.event_specific_data
-            user = getattr(data, "user_failure_data", None)
-            message = (user.description if user and user.description else data.error.message).strip()
-            lines.append(f"{event.step_key}: {message.splitlines()[-1] if message else 'failed'}")
-    return lines
+INSTANCE_CONFIG = "dagster.yaml"
 
 
-def code_location_tag() -> dict[str, str]:
-    """The tag by which ``dagster dev`` lists a run on its job's page: ``__repository__@<code location>``.
-    Runs started here are in-process and would otherwise carry no code location."""
-    from dagster._core.definitions.repository_definition import SINGLETON_REPOSITORY_NAME
-    from dagster._core.storage.tags import REPOSITORY_LABEL_TAG
+def prepare_instance(home: Path) -> dg.DagsterInstance:
+    """The instance at ``home``, with the project's instance settings when it has none of its own."""
+    home.mkdir(parents=True, exist_ok=True)
+    if not (home / INSTANCE_CONFIG).is_file():
+        shutil.copy(REPO / ".dagster" / INSTANCE_CONFIG, home / INSTANCE_CONFIG)
+    return dg.DagsterInstance.from_config(str(home))
 
-    return {REPOSITORY_LABEL_TAG: f"{SINGLETON_REPOSITORY_NAME}@{CODE_LOCATION}"}
 
-
-def run_job(
-    job: dg.JobDefinition,
-    instance: dg.DagsterInstance,
-    label: str,
-    partition_key: str | None = None,
-    run_config: dict | None = None,
-) -> bool:
-    print(f"\n=== {label} ===", flush=True)
-    start = time.monotonic()
-    result = job.execute_in_process(
-        run_config=run_config or RUN_CONFIG, instance=instance, partition_key=partition_key, raise_on_error=False,
-        tags={**recovery.owner_tags(), **code_location_tag()},
-    )
-    if INTERRUPTED.is_set():
-        raise KeyboardInterrupt
-    for event in result.get_asset_materialization_events():
-        metadata = event.materialization.metadata
-        ran = metadata.get("ran")
-        state = "" if ran is None else " (ran)" if ran.value else " (up to date)"
-        print(f"  materialized {event.asset_key.to_user_string()}{state}", flush=True)
-    for evaluation in result.get_asset_check_evaluations():
-        warn = evaluation.severity == dg.AssetCheckSeverity.WARN
-        outcome = "passed" if evaluation.passed else "warning" if warn else "FAILED"
-        print(f"  check {evaluation.asset_key.to_user_string()}.{evaluation.check_name}: {outcome}"
-              + ("" if evaluation.passed or not evaluation.description else f" ({evaluation.description})"))
-    if not result.success:
-        for line in failures(result) or [f"run {result.run_id} failed"]:
-            print(f"  FAILED {line}", file=sys.stderr, flush=True)
-        return False
-    print(f"  done in {time.monotonic() - start:.0f} s (run {result.run_id})", flush=True)
-    return True
+def set_pool_limit(instance: dg.DagsterInstance) -> str:
+    """The ``gpu`` pool's limit from the machine's devices (the instance's own setting wins); a line saying so."""
+    compute = ComputeResource()
+    kind = compute.resolved_device()
+    count = compute.devices().count if kind in ("cuda", "cpu") else 1
+    limit = pool.set_limit(instance, count if kind == "cuda" else 1)
+    source = "concurrency.pools.default_limit" if pool.configured_default(instance) is not None else f"{count} {kind} device(s)"
+    cores = f"; the CPU split into {limit} device(s)" if kind == "cpu" else ""
+    return f"gpu pool: {limit} heavy step(s) at once ({source}){cores}"
 
 
 def summary(root: Path) -> str:
@@ -119,22 +92,69 @@ def summary(root: Path) -> str:
     return "\n".join(lines)
 
 
+def follow_leftovers(follower: Follower, instance: dg.DagsterInstance) -> None:
+    """Follow to their end the runs an earlier command left queued or in progress."""
+    left = recovery.unfinished_runs(instance)
+    if not left:
+        return
+    say = f"{len(left)} run(s) left unfinished by an earlier command: following them to their end first"
+    print(f"\n=== {say} ===", flush=True)
+    follower.wait_for({f"{recovery.run_name(run)} ({run.run_id[:8]})": run.run_id for run in left})
+
+
+def train_job_checks() -> list[tuple[str, str]]:
+    """The asset checks of the train job, (asset, check name)."""
+    from orchestration.definitions import defs
+
+    graph = defs().resolve_job_def(TRAIN_JOB).asset_layer.asset_graph
+    return sorted((key.asset_key.to_user_string(), key.name) for key in graph.asset_check_keys)
+
+
+def run_chain(server: DagsterServer, instance: dg.DagsterInstance, root: Path, promote: bool) -> int:
+    follower = Follower(server, instance)
+    try:
+        follow_leftovers(follower, instance)
+        jobs = {"prepare": PREPARE_JOB, "shards": SHARDS_JOB, "train": TRAIN_JOB, "promote": promote_champion.name}
+        specs = plan.plan(load_pipeline(root), jobs, train_job_checks(), promote)
+        print(f"\n=== {len(specs)} runs, each as its inputs are ready ===", flush=True)
+        outcome = follower.run(specs)
+    except KeyboardInterrupt:
+        interrupted(server, instance, follower.run_ids)
+        raise
+    failed = [name for name, status in outcome.items() if status != dg.DagsterRunStatus.SUCCESS]
+    if failed:
+        print(f"\nThe pipeline did not finish: {', '.join(failed)} did not succeed; see the lines marked FAILED "
+              "above (the whole run log: `dagster dev`, Runs).", file=sys.stderr)
+        return 1
+    return 0
+
+
+def interrupted(server: DagsterServer, instance: dg.DagsterInstance, run_ids: list[str]) -> None:
+    """Ctrl-C: stop ``dagster dev`` and every process under it, and mark the runs it left unfinished canceled."""
+    import psutil
+
+    children = psutil.Process().children(recursive=True)
+    server.stop()
+    for child in children:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            child.send_signal(signal.SIGINT)
+    _, alive = psutil.wait_procs(children, timeout=10)
+    for child in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            child.kill()
+    for run_id in recovery.cancel_unfinished(instance, run_ids, "interrupted (Ctrl-C in the main command)"):
+        print(f"run {run_id} canceled", file=sys.stderr, flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m orchestration.pipeline", description=__doc__.split("\n\n")[0])
     parser.add_argument("--no-promote", action="store_true", help="leave the registry's champion alias alone")
-    parser.add_argument(
-        "--num-processes", type=int, metavar="N",
-        help="training processes under accelerate launch (DDP; the compute resource's num_processes)",
-    )
     args = parser.parse_args(argv)
-    run_config = dict(RUN_CONFIG)
-    if args.num_processes is not None:
-        run_config["resources"] = {"compute": {"config": {"num_processes": args.num_processes}}}
     root = project_root()
     os.environ.setdefault("DAGSTER_HOME", str(root / ".dagster"))
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    Path(os.environ["DAGSTER_HOME"]).mkdir(parents=True, exist_ok=True)
+    home = Path(os.environ["DAGSTER_HOME"])
     try:
         load_pipeline(root)  # dvc.yaml and params.yaml, checked before anything runs
     except PipelineError as err:
@@ -143,23 +163,23 @@ def main(argv: list[str] | None = None) -> int:
     note = team.before_run(root)
     if note:
         print(note, flush=True)
-    defs = load_defs()
-    instance = dg.DagsterInstance.get()
-    recovery.recover(instance, root)
+    instance = prepare_instance(home)
+    print(set_pool_limit(instance), flush=True)
     start = time.monotonic()
-    shards = defs.resolve_job_def(SHARDS_JOB)
-    keys = shards.partitions_def.get_partition_keys()
-    steps = [(defs.resolve_job_def(PREPARE_JOB), "captions", None)]
-    steps += [(shards, f"MIS shard {key} ({i + 1}/{len(keys)})", key) for i, key in enumerate(keys)]
-    steps.append((defs.resolve_job_def(TRAIN_JOB), "dataset, task data, training, fine-tuning, evaluation", None))
-    if not args.no_promote:
-        steps.append((defs.resolve_job_def(promote_champion.name), "registry: promote challengers", None))
-    for job, label, partition in steps:
-        if not run_job(job, instance, label, partition, run_config):
-            elapsed = time.monotonic() - start
-            print(f"\nThe pipeline stopped after {elapsed:.0f} s; see the error above (the whole run log: "
-                  "`dagster dev`, Runs).", file=sys.stderr)
-            return 1
+    server = DagsterServer(root, home)
+    try:
+        server.start()
+    except ServerError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(f"Dagster: {server.url} (this command's runs, live; its log: {server.log_path})", flush=True)
+    try:
+        code = run_chain(server, instance, root, promote=not args.no_promote)
+    finally:
+        server.stop()
+    if code:
+        print(f"The pipeline stopped after {time.monotonic() - start:.0f} s.", file=sys.stderr)
+        return code
     print(summary(root))
     print(f"\nWhole chain done in {time.monotonic() - start:.0f} s.")
     note = team.after_run(root)
@@ -171,6 +191,6 @@ def main(argv: list[str] | None = None) -> int:
 if __name__ == "__main__":
     try:
         sys.exit(main())
-    except KeyboardInterrupt:  # Ctrl-C: the running command was stopped with the run
+    except KeyboardInterrupt:  # Ctrl-C: the runs were stopped and marked canceled
         print("\ninterrupted; run the same command again to continue", file=sys.stderr)
         sys.exit(130)

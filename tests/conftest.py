@@ -16,9 +16,9 @@ if WORKERS > 1:
 # Test modules that share a session fixture, run on one worker so that it is built once: the whole
 # chain materialized by the main command (tests/orchestration/conftest.py).
 SAME_WORKER = {
-    "tests/orchestration/test_materialize.py": "chain",
+    "tests/orchestration/materialize/test_stage.py": "chain",
     "tests/orchestration/test_pipeline.py": "chain",
-    "tests/orchestration/test_recovery.py": "chain",
+    "tests/orchestration/runs/test_recovery.py": "chain",
 }
 
 

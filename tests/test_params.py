@@ -8,7 +8,7 @@ import shutil
 import pytest
 
 from m2m.cli import build_parser
-from orchestration.stages import load_pipeline
+from orchestration.dvc.stages import load_pipeline
 from tests.orchestration.projects import REPO
 
 TRAIN_STAGES = ("m2m_self_pretrained", "m2m_dino_pretrained", "m2m_nvs_finetuned", "m2m_procedure_finetuned")

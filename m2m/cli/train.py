@@ -45,8 +45,9 @@ Defaults per preset (sd21 follows the paper: AdamW, constant lr without warm-up,
 --batch-size counts sets per optimizer step over all processes; each process runs --micro-batch-size
 sets per forward pass and accumulates gradients over the rest.
 
-One process: `m2m train ...`. N GPUs: `accelerate launch --multi_gpu --num_processes N -m m2m train ...`
-(without --multi_gpu Accelerate starts one process).
+One process: `m2m train ...`. N GPUs: `m2m train --num-processes N ...` starts N data-parallel workers
+itself (`accelerate launch --multi_gpu --num_processes N -m m2m train ...`; on a machine without a GPU
+they train on the CPU over gloo).
 
 Writes --out (the pipeline folder, train_metrics.json, loss.csv, samples.png) only when training is
 done, replacing any earlier model there as a whole. Checkpoints go to <out>.ckpt/ (--checkpoint-dir);
@@ -123,6 +124,10 @@ def register(subparsers) -> argparse.ArgumentParser:
     )
     p.add_argument("--seed", type=int, default=d.seed, help="seed of the data order, noise and new weights")
     p.add_argument("--log-every", type=int, default=d.log_every, help="steps between log lines")
+    p.add_argument(
+        "--num-processes", type=int, default=1,
+        help="data-parallel training processes (GPUs); > 1 starts them under accelerate launch (default 1)",
+    )
     p.add_argument("--num-workers", type=int, default=d.num_workers, help="data loading processes")
     p.add_argument("--sample-steps", type=int, default=d.sample_steps, help="DDIM steps for samples.png")
     p.add_argument("--sd-folder", type=Path, default=d.sd_folder, help="local SD-2.1-base folder (sd21)")
@@ -134,6 +139,10 @@ def run(args: argparse.Namespace) -> int:
     import dataclasses
     import logging
 
+    from m2m.training import launch
+
+    if launch.is_launcher(args.num_processes):
+        return launch.run_workers(args.argv, args.num_processes, None if args.mixed_precision == AUTO else args.mixed_precision)
     from m2m.training.loop import train
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")

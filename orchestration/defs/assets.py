@@ -11,9 +11,9 @@ from pathlib import Path
 import dagster as dg
 
 from orchestration.defs.resources import ComputeResource, DvcResource, MlflowResource
-from orchestration.materialize import materialize_stage
+from orchestration.materialize.stage import materialize_stage
 from orchestration.project import project_root
-from orchestration.stages import StageGroup, load_pipeline, read_yaml, select, upstream_assets
+from orchestration.dvc.stages import StageGroup, load_pipeline, read_yaml, select, upstream_assets
 
 RAW_CAPTIONS = "raw_captions"
 RAW_CAPTIONS_PARAM = "captions.input"

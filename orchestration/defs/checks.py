@@ -14,7 +14,7 @@ import dagster as dg
 
 from orchestration.defs.resources import DvcResource
 from orchestration.project import project_root
-from orchestration.stages import StageGroup, load_pipeline
+from orchestration.dvc.stages import StageGroup, load_pipeline
 
 # The range each Table 1 metric can take; any other metric must at least be finite.
 BOUNDS = {

@@ -9,7 +9,7 @@ import dagster as dg
 
 from orchestration.defs.promotion import challengers_promoted
 from orchestration.project import project_root
-from orchestration.stages import load_pipeline
+from orchestration.dvc.stages import load_pipeline
 
 PREPARE_JOB = "prepare_captions"
 SHARDS_JOB = "generate_mis_shards"

@@ -6,37 +6,35 @@ without touching the assets.
 
 import os
 import re
-import shlex
 
 import dagster as dg
 from pydantic import Field
 
-from orchestration.dvc_cli import Dvc
+from orchestration.dvc.cli import Dvc
+from orchestration.runs.devices import Devices
 from orchestration.project import project_root
 
 DTYPES = {"float32": "no", "float16": "fp16", "bfloat16": "bf16"}  # -> accelerate's mixed precision
 
 
 class ComputeResource(dg.ConfigurableResource):
-    """The device, precision and process count the commands of heavy steps run with.
+    """The device kind and precision the commands of heavy steps run with.
 
     The values reach each command through the environment (``M2M_DEVICE``, ``M2M_DTYPE``, and
-    accelerate's own ``ACCELERATE_MIXED_PRECISION`` / ``ACCELERATE_USE_CPU``; ``cuda:N`` selects the
-    GPU with ``CUDA_VISIBLE_DEVICES``); with ``num_processes > 1`` training commands run under
-    ``accelerate launch`` (DDP over that many GPUs).
+    accelerate's own ``ACCELERATE_MIXED_PRECISION`` / ``ACCELERATE_USE_CPU``). Which device of that kind
+    a heavy step gets is its lease's (``orchestration/runs/devices.py``): ``devices`` describes them,
+    the lease's environment goes on top of :meth:`env`. How many processes a training runs is the
+    stage's own ``--num-processes`` (params.yaml), so DVC and Dagster run the same command.
     """
 
     device: str = Field(default="auto", description="auto (cuda when present, else cpu), cpu, cuda, cuda:N")
     dtype: str = Field(default="float32", description="float32, float16 or bfloat16")
-    num_processes: int = Field(default=1, description="training processes (GPUs) for accelerate launch")
 
     def validate(self) -> None:
         if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", self.device):
             raise ValueError(f"compute.device: expected auto, cpu, mps, cuda or cuda:N, got {self.device!r}")
         if self.dtype not in DTYPES:
             raise ValueError(f"compute.dtype: expected one of {', '.join(DTYPES)}, got {self.dtype!r}")
-        if self.num_processes < 1:
-            raise ValueError(f"compute.num_processes: expected >= 1, got {self.num_processes}")
 
     def resolved_device(self) -> str:
         if self.device != "auto":
@@ -44,6 +42,14 @@ class ComputeResource(dg.ConfigurableResource):
         import torch
 
         return "cuda" if torch.cuda.is_available() else "cpu"
+
+    def devices(self, cpu_devices: int = 1) -> Devices | None:
+        """The devices heavy steps lease from (``cpu_devices``: into how many the CPU is split); None for
+        a fixed ``cuda:N`` or ``mps``, which every step shares."""
+        device = self.resolved_device()
+        if device in ("cuda", "cpu"):
+            return Devices.of_machine(device, cpu_devices)
+        return None
 
     def env(self) -> dict[str, str]:
         """The environment of a command: this process's, with the compute settings on top."""
@@ -61,26 +67,6 @@ class ComputeResource(dg.ConfigurableResource):
             env["M2M_DEVICE"] = "cuda"
             env["CUDA_VISIBLE_DEVICES"] = device.split(":", 1)[1]
         return env
-
-    def launch(self, cmd: str) -> str:
-        """``cmd`` as it should start: ``m2m train ...`` under ``accelerate launch`` with several processes.
-
-        ``--multi_gpu`` is what makes Accelerate start several processes at all: without it a CPU run
-        is one process whatever ``--num_processes`` says; with it and ``ACCELERATE_USE_CPU`` the
-        processes train on the CPU over gloo. ``accelerate launch`` hands its own ``--mixed_precision``
-        to the processes, so the compute dtype is passed on explicitly. ``--main_process_port 0`` has
-        Accelerate take a free port, so two trainings on one host never fight over its default 29500.
-        The result is a plain command line (``shlex.split`` gives back the words).
-        """
-        words = shlex.split(cmd)
-        if self.num_processes > 1 and words[:2] == ["m2m", "train"]:
-            launcher = [
-                "accelerate", "launch", "--multi_gpu", "--num_processes", str(self.num_processes),
-                "--num_machines", "1", "--main_process_port", "0", "--mixed_precision", DTYPES[self.dtype],
-                "--dynamo_backend", "no", "-m", "m2m",
-            ]
-            return shlex.join(launcher + words[1:])
-        return cmd
 
 
 class DvcResource(dg.ConfigurableResource):

@@ -2,7 +2,7 @@
 checkpoint, run again and stopped with Ctrl-C once training resumed, run a last time to the end.
 
 The session's materialized chain (``chain`` in tests/orchestration/conftest.py) is made this way, so the
-chain's tests read the state a recovered run leaves, and tests/orchestration/test_recovery.py reads
+chain's tests read the state a recovered run leaves, and tests/orchestration/runs/test_recovery.py reads
 what the interrupted commands did."""
 
 from __future__ import annotations

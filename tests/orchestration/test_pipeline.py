@@ -12,8 +12,8 @@ import dagster as dg
 import pytest
 import yaml
 
-from orchestration.dvc_cli import Dvc
-from orchestration.stages import load_pipeline
+from orchestration.dvc.cli import Dvc
+from orchestration.dvc.stages import load_pipeline
 from tests.orchestration.projects import git, run_main_command
 
 pytestmark = pytest.mark.slow
@@ -213,7 +213,7 @@ def md5_tree(root, paths) -> dict[str, str]:
 def test_a_teammate_reproduces_the_run_from_git_and_dvc(chain, tmp_path):
     """Clone A ran the chain; it pushes to a shared remote and commits dvc.lock; clone B pulls both and gets
     the same data, DVC clean and a main command with nothing to run."""
-    from orchestration import team
+    from orchestration.dvc import team
 
     a = chain.root
     assert "dvc.lock has changes git does not have" in chain.output  # the run says what a teammate needs
@@ -238,6 +238,6 @@ def test_a_teammate_reproduces_the_run_from_git_and_dvc(chain, tmp_path):
 
 
 def test_a_clone_without_dvc_lock_is_told_what_it_misses(tmp_path):
-    from orchestration import team
+    from orchestration.dvc import team
 
     assert "dvc.lock: none in this clone" in team.before_run(tmp_path)

@@ -10,7 +10,7 @@ import shutil
 import pytest
 import yaml
 
-from orchestration.dvc_cli import Dvc
+from orchestration.dvc.cli import Dvc
 from tests.orchestration.projects import make_project, run_main_command
 
 pytestmark = pytest.mark.slow

@@ -18,7 +18,7 @@ from orchestration.defs.promotion import (
 )
 from orchestration.defs.resources import DvcResource, MlflowResource
 from orchestration.defs.sensors import promote_after_evaluation
-from orchestration.recovery import PID_TAG
+from orchestration.runs.tags import MAIN_COMMAND_TAG, MAIN_COMMAND_VALUE
 
 
 @pytest.fixture()
@@ -134,7 +134,7 @@ def test_an_evaluation_of_the_main_command_requests_no_promotion_run():
         return None
 
     with dg.instance_for_test() as instance:
-        dg.materialize([evaluation], instance=instance, tags={PID_TAG: "12345"})
+        dg.materialize([evaluation], instance=instance, tags={MAIN_COMMAND_TAG: MAIN_COMMAND_VALUE})
         tick = promote_after_evaluation.evaluate_tick(dg.build_sensor_context(instance=instance))
         assert not tick.run_requests and "main command" in tick.skip_message
         dg.materialize([evaluation], instance=instance)  # materialized from the UI

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import shlex
-
 import pytest
 
 from orchestration.defs.resources import ComputeResource, DvcResource, MlflowResource
@@ -25,25 +23,11 @@ def test_auto_device_is_cuda_only_when_torch_sees_a_gpu():
     assert second_gpu["M2M_DEVICE"] == "cuda" and second_gpu["CUDA_VISIBLE_DEVICES"] == "1"
 
 
-def test_training_runs_under_accelerate_launch_with_several_processes():
-    cmd = "m2m train --preset sd21 --variant self --out 'assets/models/m2m self'"
-    assert ComputeResource().launch(cmd) == cmd
-    launched = shlex.split(ComputeResource(num_processes=4, dtype="bfloat16").launch(cmd))
-    assert launched[:2] == ["accelerate", "launch"] and "--multi_gpu" in launched
-    assert launched[launched.index("--num_processes") + 1] == "4"
-    assert launched[launched.index("--mixed_precision") + 1] == "bf16"
-    assert launched[launched.index("--main_process_port") + 1] == "0"  # a free port: no clash on one host
-    assert launched[-9:] == ["-m", "m2m", "train", "--preset", "sd21", "--variant", "self", "--out", "assets/models/m2m self"]
-    evaluate = "m2m evaluate --model assets/models/m2m-self"
-    assert ComputeResource(num_processes=4).launch(evaluate) == evaluate
-
-
 @pytest.mark.parametrize(
     ("settings", "message"),
     [
         ({"device": "tpu"}, "compute.device: expected auto, cpu, mps, cuda or cuda:N, got 'tpu'"),
         ({"dtype": "int8"}, "compute.dtype: expected one of float32, float16, bfloat16, got 'int8'"),
-        ({"num_processes": 0}, "compute.num_processes: expected >= 1, got 0"),
     ],
 )
 def test_bad_settings_are_one_clear_error(settings, message):

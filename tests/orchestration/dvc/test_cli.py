@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from orchestration.dvc_cli import Dvc, DvcError, find_executable
+from orchestration.dvc.cli import Dvc, DvcError, find_executable
 
 ITEMS = ["000000", "000001", "000002", "000003"]
 
@@ -58,7 +58,7 @@ def test_parallel_partitions_commit_without_fighting_over_the_lock(repo):
 
 
 def test_status_and_commit_are_answered_by_one_dvc_session_as_the_dvc_command_would(repo):
-    from orchestration import dvc_cli
+    from orchestration.dvc import cli as dvc_cli
 
     assert repo.ask("status", "part@000001")["status"] == json.loads(repo.run("status", "part@000001", "--json"))
     make(repo, "000001")

@@ -51,7 +51,7 @@ def test_shard_partitions_materialized_at_the_same_time_both_commit(project, mon
     with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
         failures = list(pool.map(materialization_failures, [project] * 2, ["mis_shards"] * 2, items))
     assert failures == [[], []]
-    from orchestration.dvc_cli import Dvc
+    from orchestration.dvc.cli import Dvc
 
     dvc = Dvc(project)
     assert dvc.status("mis_shards@000000") == {} and dvc.status("mis_shards@000001") == {}

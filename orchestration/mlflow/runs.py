@@ -12,8 +12,8 @@ from pathlib import Path
 
 import dagster as dg
 
-from orchestration.dvc_cli import Dvc
-from orchestration.stages import Stage, StageGroup, producers
+from orchestration.dvc.cli import Dvc
+from orchestration.dvc.stages import Stage, StageGroup, producers
 
 TRAINING_EXPERIMENT = "m2m-training"
 REASON_TAG = "m2m.failure_reason"  # why a run was terminated as FAILED

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from orchestration.stages import Stage
+from orchestration.dvc.stages import Stage
 
 PREVIEW_SIDE = 384  # longest side of an image preview, in pixels
 PREVIEW_CELL = 64  # tiles of small images are scaled up to this many pixels

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from orchestration import stages
-from orchestration.stages import ROLES, PipelineError, load_pipeline, upstream_assets
+from orchestration.dvc import stages
+from orchestration.dvc.stages import ROLES, PipelineError, load_pipeline, upstream_assets
 
 REPO = Path(__file__).resolve().parents[2]
 

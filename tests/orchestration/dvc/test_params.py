@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from orchestration import pipeline
-from orchestration.params import ParamsError, validate
+from orchestration.dvc.params import ParamsError, validate
 from tests.orchestration.projects import REPO, make_project, project_env, set_param
 
 

@@ -1,7 +1,7 @@
 """``dvc status`` and ``dvc commit`` of one stage, answered by one long-lived DVC process: run with DVC's
 interpreter, not ours.
 
-``python orchestration/dvc_session.py ROOT`` reads one JSON request per line on stdin —
+``python orchestration/dvc/session.py ROOT`` reads one JSON request per line on stdin —
 ``{"op": "status" | "commit", "stage": NAME}`` — and answers each with one JSON line: ``{"ok": true,
 "status": {...}}`` (what ``dvc status NAME --json`` prints) or ``{"ok": true}`` after ``dvc commit --force
 NAME``; ``{"ok": false, "error": ...}`` when DVC raised. Each request opens the repository anew

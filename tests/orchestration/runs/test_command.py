@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from orchestration import command
-from orchestration.command import CommandFailed, explain, run_command
+from orchestration.runs import command
+from orchestration.runs.command import CommandFailed, explain, run_command
 
 
 class Log:

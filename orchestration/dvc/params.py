@@ -88,6 +88,7 @@ TRAINING = {
     "sample_steps": integer(1),
     "checkpoint_every": integer(0),
     "micro_batch_size": auto_or(integer(1)),
+    "num_processes": integer(1, 64),
     "mixed_precision": choice("auto", "no", "fp16", "bf16"),
     "gradient_checkpointing": flag(),
     "ema": flag(),

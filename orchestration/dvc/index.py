@@ -1,6 +1,6 @@
 """DVC's own reading of a project's pipeline, printed as JSON: run with DVC's interpreter, not ours.
 
-``python orchestration/dvc_index.py ROOT`` loads ``dvc.repo.Repo(ROOT).index`` — dvc.yaml with its
+``python orchestration/dvc/index.py ROOT`` loads ``dvc.repo.Repo(ROOT).index`` — dvc.yaml with its
 ``vars``, ``${}`` interpolation, ``foreach`` and ``matrix`` resolved by DVC itself — and prints one JSON
 object: every stage (command, inputs, outputs, parameter values, description, ``meta``, the parameter
 values pasted into it, the stages it depends on in ``index.graph``) and the files that were read, so that

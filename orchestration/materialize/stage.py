@@ -8,15 +8,19 @@ log; inputs are never touched, and a failed command's outputs are not committed.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import os
+import shlex
 
 import dagster as dg
-from dagster._utils.interrupts import raise_interrupts_as
 
-from orchestration import mlflow_runs, reports
-from orchestration.command import INTERRUPTED, CommandFailed, run_command
-from orchestration.dvc_cli import DvcError
-from orchestration.stages import PipelineError, Stage, StageGroup, load_pipeline, producers
+from orchestration.materialize import reports
+from orchestration.mlflow import runs as mlflow_runs
+from orchestration.runs import devices, pool
+from orchestration.runs.command import CommandFailed, run_command
+from orchestration.dvc.cli import DvcError
+from orchestration.dvc.stages import PipelineError, Stage, StageGroup, load_pipeline, producers
 
 
 def data_version(hashes: dict[str, str]) -> str:
@@ -67,10 +71,28 @@ def start_live_run(stage: Stage, root, context: dg.AssetExecutionContext, mlflow
         return None
 
 
+def processes(stage: Stage) -> int:
+    """How many processes (devices) the stage's commands start: their ``--num-processes``, else 1."""
+    count = 1
+    for cmd in stage.cmds:
+        words = shlex.split(cmd)
+        if "--num-processes" in words[:-1] and words[words.index("--num-processes") + 1].isdigit():
+            count = max(count, int(words[words.index("--num-processes") + 1]))
+    return count
+
+
+def device_lease(stage: Stage, context: dg.AssetExecutionContext, compute, root):
+    """The devices a heavy step (one in the ``gpu`` pool) holds while its commands run; a light step holds none."""
+    machine = compute.devices(pool.current_limit(context.instance)) if stage.meta.get("pool") == pool.POOL else None
+    if machine is None:
+        return contextlib.nullcontext(None)
+    holder = f"run {context.run.run_id} step {stage.name} pid {os.getpid()}"
+    folder = devices.lease_folder(os.environ.get("DAGSTER_HOME") or root / ".dagster")
+    return devices.lease(machine, processes(stage), holder, folder, context.log.info)
+
+
 def materialize_stage(context: dg.AssetExecutionContext, asset: str, dvc, compute, mlflow) -> dg.MaterializeResult:
     """Bring ``asset``'s stage (or its partition's stage) up to date and describe it."""
-    if INTERRUPTED.is_set():
-        raise dg.Failure(description=f"{asset}: not started, the run was interrupted", allow_retries=False)
     cli = dvc.cli()
     root = cli.root
     try:
@@ -88,17 +110,18 @@ def materialize_stage(context: dg.AssetExecutionContext, asset: str, dvc, comput
         if status:
             context.log.info(f"{stage.name} changed ({describe_changes(status)}): running it")
             live_run_id = start_live_run(stage, root, context, mlflow)
-            env = {**compute.env(), **mlflow_runs.live_env(live_run_id)}
             try:
-                # Ctrl-C stops the command now, not after it: Dagster would otherwise hold the
-                # interrupt until the step ends and then go on with the next one.
-                with raise_interrupts_as(KeyboardInterrupt):
+                # A termination (the UI's Terminate, Ctrl-C) stops the command now, not after it.
+                with dg.raise_execution_interrupts(), device_lease(stage, context, compute, root) as lease:
+                    env = {**compute.env(), **(lease.env() if lease else {}), **mlflow_runs.live_env(live_run_id)}
+                    if lease:
+                        context.log.info(f"{stage.name}: on {lease.devices.names(lease.indices)}")
                     for cmd in stage.cmds:
-                        run_command(compute.launch(cmd), root, env, context.log)
-            except KeyboardInterrupt:
-                INTERRUPTED.set()
-                mlflow_runs.fail_live_run(live_run_id, "interrupted (Ctrl-C)")
-                raise dg.Failure(description=f"{stage.name}: interrupted (Ctrl-C); nothing committed",
+                        run_command(cmd, root, env, context.log, pass_fds=tuple(lease.fds) if lease else (),
+                                    affinity=lease.affinity() if lease else None)
+            except (KeyboardInterrupt, dg.DagsterExecutionInterruptedError):
+                mlflow_runs.fail_live_run(live_run_id, "interrupted")
+                raise dg.Failure(description=f"{stage.name}: interrupted; nothing committed",
                                  allow_retries=False) from None
             cli.commit(stage.name)
         else:

@@ -1,6 +1,6 @@
 """The pipeline as dvc.yaml defines it: stages with their commands, inputs, outputs and parameters.
 
-dvc.yaml is the single definition of every step, and DVC reads it: ``dvc_index.py`` runs in DVC's own
+dvc.yaml is the single definition of every step, and DVC reads it: ``index.py`` runs in DVC's own
 interpreter, loads ``Repo(root).index`` (``vars``, ``${}``, ``foreach`` and ``matrix`` resolved by DVC)
 and hands the stages and their graph over as JSON. Dagster then runs exactly the commands DVC would run
 and ``dvc commit``s them; dvc.lock records the resolved command and ``dvc status`` reports any difference.
@@ -23,10 +23,10 @@ from pathlib import Path
 
 import yaml
 
-from orchestration.dvc_cli import DvcError, find_python
-from orchestration.params import WORD, ParamsError, validate
+from orchestration.dvc.cli import DvcError, find_python
+from orchestration.dvc.params import WORD, ParamsError, validate
 
-INDEX_SCRIPT = Path(__file__).with_name("dvc_index.py")
+INDEX_SCRIPT = Path(__file__).with_name("index.py")
 
 
 # What a stage's outputs are: it decides their asset checks, UI reports and MLflow logging.
@@ -181,7 +181,7 @@ def _remember(root: Path, index: dict) -> None:
 
 
 def dvc_index(root: str | Path) -> dict:
-    """DVC's resolved stages of the project at ``root`` (``dvc_index.py``); read again only when one of
+    """DVC's resolved stages of the project at ``root`` (``index.py``); read again only when one of
     the files DVC read for them (dvc.yaml, params files, ``vars`` files) has changed."""
     root = Path(root).resolve()
     if (index := _cached(root)) is not None:

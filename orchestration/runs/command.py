@@ -4,18 +4,19 @@ The command is split into words as a POSIX shell would (``shlex``) and started w
 value from params.yaml can run shell code (``stages.py`` also refuses values that a shell would read
 differently, which keeps DVC's own run of the same command identical). The command stays in the
 caller's process group, so killing the main command's group stops it too; on Linux it is also
-stopped when the process that started it dies.
+stopped when the process that started it dies. A heavy step passes the file descriptors of its device
+lease (``devices.py``) and the cores it may use, so the command holds its devices for as long as it lives.
 """
 
 from __future__ import annotations
 
 import ctypes
+import os
 import re
 import shlex
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections import deque
 from pathlib import Path
@@ -23,10 +24,6 @@ from pathlib import Path
 # Progress bars redraw a line with "\r"; one redraw in this many seconds reaches the log.
 PROGRESS_EVERY_S = 10.0
 _ERROR_LINE = re.compile(r"\b(error|Error|ERROR)\b")
-
-
-# Set once the user interrupts the main command (Ctrl-C): no further command starts in this process.
-INTERRUPTED = threading.Event()
 
 
 class CommandFailed(RuntimeError):
@@ -57,20 +54,28 @@ def explain(lines: list[str], returncode: int) -> str:
     return lines[-1] if lines else f"exit status {returncode}"
 
 
-def _die_with_parent() -> None:
-    """In the child before exec: SIGTERM when the parent dies (Linux ``PR_SET_PDEATHSIG``)."""
-    PR_SET_PDEATHSIG = 1
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+def _child_setup(affinity: set[int] | None):
+    """What the child does before exec: SIGTERM when the parent dies (Linux ``PR_SET_PDEATHSIG``), and
+    run on ``affinity``'s cores only (None: wherever)."""
+
+    def setup() -> None:
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        if affinity:
+            os.sched_setaffinity(0, affinity)
+
+    return setup
 
 
-def run_command(cmd: str, cwd: Path, env: dict[str, str], log) -> None:
+def run_command(
+    cmd: str, cwd: Path, env: dict[str, str], log, pass_fds: tuple[int, ...] = (), affinity: set[int] | None = None
+) -> None:
     """Run ``cmd`` (split into words, no shell) in ``cwd``; each output line goes to ``log.info``.
 
-    Raises :class:`CommandFailed` with the command's own error line when it exits non-zero; if the
-    run is interrupted, the command is stopped with it.
+    ``pass_fds`` stay open in the command (a device lease); ``affinity``: the cores it may run on.
+    Raises :class:`CommandFailed` with the command's own error line when it exits non-zero, or saying
+    it was interrupted when a signal ended it; if the run is interrupted, the command is stopped with it.
     """
-    if INTERRUPTED.is_set():
-        raise CommandFailed("not started: the run was interrupted")
     log.info(f"$ {cmd}")
     try:
         argv = shlex.split(cmd)
@@ -85,7 +90,8 @@ def run_command(cmd: str, cwd: Path, env: dict[str, str], log) -> None:
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
-            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+            pass_fds=pass_fds,
+            preexec_fn=_child_setup(affinity) if sys.platform.startswith("linux") else None,
         )
     except OSError as err:
         raise CommandFailed(f"{argv[0]}: cannot start ({err.strerror or err})") from None
@@ -117,5 +123,7 @@ def run_command(cmd: str, cwd: Path, env: dict[str, str], log) -> None:
     finally:
         if proc.poll() is None:
             stop(proc)
+    if returncode < 0:
+        raise CommandFailed(f"interrupted ({signal.Signals(-returncode).name}): {explain(list(tail), returncode)}")
     if returncode != 0:
         raise CommandFailed(explain(list(tail), returncode))

@@ -6,7 +6,7 @@ takes one project-wide file lock, so shard partitions that finish together commi
 other and never contend for DVC's own repository lock. The commands themselves run outside it.
 
 ``status`` and ``commit``, twice per materialized stage, are answered by one long-lived DVC process per
-project (``dvc_session.py``) instead of a ``dvc`` process each; when it cannot answer, the ``dvc``
+project (``session.py``) instead of a ``dvc`` process each; when it cannot answer, the ``dvc``
 command does, so errors read as DVC's own.
 """
 
@@ -70,11 +70,11 @@ def read_lock(path: Path) -> dict:
     return yaml.load(path.read_text(encoding="utf-8"), Loader=LOADER) or {}
 
 
-SESSION_SCRIPT = Path(__file__).with_name("dvc_session.py")
+SESSION_SCRIPT = Path(__file__).with_name("session.py")
 
 
 class DvcSession:
-    """``dvc_session.py`` for the project at ``root``, run by ``python`` (DVC's interpreter)."""
+    """``session.py`` for the project at ``root``, run by ``python`` (DVC's interpreter)."""
 
     def __init__(self, python: str, root: Path, env: dict[str, str]):
         self.lock = threading.Lock()

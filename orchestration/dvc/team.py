@@ -12,7 +12,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from orchestration.dvc_cli import read_lock
+from orchestration.dvc.cli import read_lock
 
 LOCK = "dvc.lock"
 

@@ -17,8 +17,9 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from orchestration import mlflow_runs, recovery
-from orchestration.dvc_cli import Dvc
+from orchestration.mlflow import runs as mlflow_runs
+from orchestration.runs import recovery
+from orchestration.dvc.cli import Dvc
 from tests.orchestration.interrupted import CTRL_C_SECONDS, mlflow_running
 from tests.orchestration.projects import project_env
 

@@ -1,0 +1,85 @@
+"""Which runs the main command submits, and which must succeed before each.
+
+One run per unit of work that holds a device or may go on beside another: the captions; one per
+shard partition (what a backfill of ``generate_mis_shards`` launches); the light data steps together;
+one per heavy asset (each training, fine-tuning and the evaluation), so two trainings run side by side
+when the ``gpu`` pool allows and a killed run worker takes down one training only; then the promotion.
+A run starts when the runs holding its upstream assets have succeeded; the dependencies are
+dvc.yaml's (``StageGroup.upstream``), nothing is listed by hand.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from orchestration.dvc.stages import StageGroup, upstream_assets
+from orchestration.runs.pool import POOL
+
+CAPTIONS, DATA, PROMOTION = "captions", "data", "promotion"
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """A run to submit: ``job`` with an ``assets`` selection (None: the whole job) and the job's ``checks``
+    of those assets, (asset, check name); a ``partition``; it waits for the runs named in ``after``."""
+
+    key: str
+    job: str
+    assets: tuple[str, ...] | None = None
+    partition: str | None = None
+    after: tuple[str, ...] = ()
+    checks: tuple[tuple[str, str], ...] = ()
+
+
+def ancestors(groups: dict[str, StageGroup], asset: str) -> set[str]:
+    found, todo = set(), [asset]
+    while todo:
+        for parent in upstream_assets(groups, todo.pop()):
+            if parent not in found:
+                found.add(parent)
+                todo.append(parent)
+    return found
+
+
+def plan(
+    groups: dict[str, StageGroup], jobs: dict[str, str], checks: list[tuple[str, str]], promote: bool = True
+) -> list[RunSpec]:
+    """The main command's runs for the pipeline ``groups``; ``jobs`` names the ``prepare``, ``shards``,
+    ``train`` and ``promote`` jobs (orchestration/defs/jobs.py); ``checks``: the train job's asset checks,
+    (asset, name), each run with those of its assets."""
+
+    def of(assets: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
+        return tuple(check for check in checks if check[0] in assets)
+
+    partitioned = [name for name, group in groups.items() if group.partitioned]
+    prepared = set().union(*(ancestors(groups, name) for name in partitioned)) if partitioned else set()
+    specs = [RunSpec(CAPTIONS, jobs["prepare"])]
+    shard_keys = []
+    for name in partitioned:
+        for item in groups[name].items:
+            shard_keys.append(f"{name} {item}")
+            specs.append(RunSpec(shard_keys[-1], jobs["shards"], partition=item, after=(CAPTIONS,)))
+    holder = {name: CAPTIONS for name in prepared}
+    holder.update({name: shard for name in partitioned for shard in shard_keys if shard.startswith(f"{name} ")})
+    rest = [name for name in groups if name not in prepared and name not in partitioned]
+
+    def after(name: str) -> tuple[str, ...]:
+        keys = []
+        for parent in upstream_assets(groups, name):
+            keys += [s for s in shard_keys if s.startswith(f"{parent} ")] if parent in partitioned else [holder[parent]]
+        return tuple(dict.fromkeys(keys or [CAPTIONS]))
+
+    light = [name for name in rest if groups[name].first.meta.get("pool") != POOL
+             and all(holder.get(parent) in (CAPTIONS, *shard_keys) or parent in partitioned
+                     for parent in upstream_assets(groups, name))]
+    if light:
+        needs = tuple(dict.fromkeys(key for name in light for key in after(name)))
+        specs.append(RunSpec(DATA, jobs["train"], assets=tuple(light), after=needs, checks=of(tuple(light))))
+        holder.update({name: DATA for name in light})
+    for name in rest:
+        if name not in light:
+            specs.append(RunSpec(name, jobs["train"], assets=(name,), after=after(name), checks=of((name,))))
+            holder[name] = name
+    if promote:
+        specs.append(RunSpec(PROMOTION, jobs["promote"], after=tuple(s.key for s in specs)))
+    return specs
