@@ -47,6 +47,17 @@ def prepare_instance(home: Path) -> dg.DagsterInstance:
     return dg.DagsterInstance.from_config(str(home))
 
 
+def prepare_mlflow(root: Path) -> None:
+    """Create the project's MLflow store (a SQLite file by default) before runs side by side open it:
+    two processes creating its tables at once collide."""
+    from mlflow.tracking import MlflowClient
+
+    from m2m import tracking
+
+    tracking.configure(root)
+    MlflowClient().search_experiments(max_results=1)
+
+
 def set_pool_limit(instance: dg.DagsterInstance) -> str:
     """The ``gpu`` pool's limit from the machine's devices (the instance's own setting wins); a line saying so."""
     compute = ComputeResource()
@@ -92,9 +103,8 @@ def summary(root: Path) -> str:
     return "\n".join(lines)
 
 
-def follow_leftovers(follower: Follower, instance: dg.DagsterInstance) -> None:
-    """Follow to their end the runs an earlier command left queued or in progress."""
-    left = recovery.unfinished_runs(instance)
+def follow_leftovers(follower: Follower, left: list[dg.DagsterRun]) -> None:
+    """Follow to their end (their retries included) the runs an earlier command left queued or in progress."""
     if not left:
         return
     say = f"{len(left)} run(s) left unfinished by an earlier command: following them to their end first"
@@ -110,10 +120,11 @@ def train_job_checks() -> list[tuple[str, str]]:
     return sorted((key.asset_key.to_user_string(), key.name) for key in graph.asset_check_keys)
 
 
-def run_chain(server: DagsterServer, instance: dg.DagsterInstance, root: Path, promote: bool) -> int:
+def run_chain(server: DagsterServer, instance: dg.DagsterInstance, root: Path, promote: bool,
+              left: list[dg.DagsterRun]) -> int:
     follower = Follower(server, instance)
     try:
-        follow_leftovers(follower, instance)
+        follow_leftovers(follower, left)
         jobs = {"prepare": PREPARE_JOB, "shards": SHARDS_JOB, "train": TRAIN_JOB, "promote": promote_champion.name}
         specs = plan.plan(load_pipeline(root), jobs, train_job_checks(), promote)
         print(f"\n=== {len(specs)} runs, each as its inputs are ready ===", flush=True)
@@ -165,7 +176,9 @@ def main(argv: list[str] | None = None) -> int:
         print(note, flush=True)
     instance = prepare_instance(home)
     print(set_pool_limit(instance), flush=True)
+    prepare_mlflow(root)
     start = time.monotonic()
+    left = recovery.unfinished_runs(instance)  # before the daemon starts and fails the dead ones
     server = DagsterServer(root, home)
     try:
         server.start()
@@ -174,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print(f"Dagster: {server.url} (this command's runs, live; its log: {server.log_path})", flush=True)
     try:
-        code = run_chain(server, instance, root, promote=not args.no_promote)
+        code = run_chain(server, instance, root, promote=not args.no_promote, left=left)
     finally:
         server.stop()
     if code:

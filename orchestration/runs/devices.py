@@ -122,8 +122,11 @@ def lease(devices: Devices, needed: int, holder: str, folder: Path, log=None, ti
     """Hold ``needed`` free device indices (the lowest free ones) until the block ends.
 
     Waits while fewer are free (another step, or a DDP training, holds them), saying so in ``log``
-    every ``WAIT_LOG_EVERY_S``; ``timeout_s`` (None: no limit) raises TimeoutError.
+    every ``WAIT_LOG_EVERY_S``; ``timeout_s`` (None: no limit) raises TimeoutError. On the CPU, N
+    processes of one training share the cores of at most every device (gloo needs no device of its own).
     """
+    if devices.kind == "cpu":
+        needed = min(needed, devices.count)
     if needed > devices.count:
         raise ValueError(f"needs {needed} {devices.kind} devices, this machine has {devices.count}")
     folder.mkdir(parents=True, exist_ok=True)

@@ -67,7 +67,7 @@ def plan(
         keys = []
         for parent in upstream_assets(groups, name):
             keys += [s for s in shard_keys if s.startswith(f"{parent} ")] if parent in partitioned else [holder[parent]]
-        return tuple(dict.fromkeys(keys or [CAPTIONS]))
+        return tuple(dict.fromkeys(keys))
 
     light = [name for name in rest if groups[name].first.meta.get("pool") != POOL
              and all(holder.get(parent) in (CAPTIONS, *shard_keys) or parent in partitioned

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.orchestration import interrupted
 from tests.orchestration.projects import REPO, Chain, make_project, run_main_command
@@ -22,13 +22,16 @@ def project(tmp_path, monkeypatch) -> Path:
 
 @pytest.fixture(scope="session")
 def chain(tmp_path_factory) -> Chain:
-    """The whole chain materialized once by the main command on a tiny copy of the project, the way a
-    user's run may go: killed during a training, stopped with Ctrl-C once it resumed, then run to the
-    end (tests/orchestration/interrupted.py); the chain's tests read what the last run left."""
+    """The whole chain materialized once by the main command on a tiny copy of the project with the
+    ``gpu`` pool at 2, the way a user's run may go: a training's run worker killed, the command killed,
+    stopped with Ctrl-C once training resumed, then run to the end (tests/orchestration/interrupted.py);
+    the chain's tests read what the last run left."""
     root = make_project(tmp_path_factory.mktemp("chain") / "project", interrupted.PARAMS)
     (root / ".dagster").mkdir()
-    shutil.copy(REPO / ".dagster" / "dagster.yaml", root / ".dagster" / "dagster.yaml")
-    interruptions = interrupted.interrupt_twice(root)
+    config = yaml.safe_load((REPO / ".dagster" / "dagster.yaml").read_text())
+    config["concurrency"]["pools"] = {"default_limit": interrupted.POOL_LIMIT}
+    (root / ".dagster" / "dagster.yaml").write_text(yaml.safe_dump(config))
+    interruptions = interrupted.interrupt(root)
     last = run_main_command(root)
     last.interruptions = interruptions
     return last

@@ -1,5 +1,8 @@
-"""The main command as a user's run may go: killed (``kill -9``) during a training after its first
-checkpoint, run again and stopped with Ctrl-C once training resumed, run a last time to the end.
+"""The main command as a user's run may go, with the ``gpu`` pool at 2 so that both pre-trainings run at
+once: the run worker of M2M-Self's training killed (``kill -9``) after its first checkpoint while
+M2M-DINO's run goes on; once Dagster's retry of it has resumed, the whole main command killed
+(``kill -9`` of its process group); run again and stopped with Ctrl-C once training resumed; run a last
+time to the end.
 
 The session's materialized chain (``chain`` in tests/orchestration/conftest.py) is made this way, so the
 chain's tests read the state a recovered run leaves, and tests/orchestration/runs/test_recovery.py reads
@@ -21,9 +24,10 @@ import pytest
 from m2m.training.checkpoint import checkpoint_name
 from tests.orchestration.projects import TINY_TEST_PARAMS, merge, project_env
 
-# Long enough to be killed in the middle of (6 steps, a checkpoint every 2).
+# Long enough to be killed in the middle of twice (12 steps, a checkpoint every 2).
 CHECKPOINT_EVERY = 2
-PARAMS = merge(TINY_TEST_PARAMS, {"pretrain": {"steps": 6, "checkpoint_every": CHECKPOINT_EVERY}})
+PARAMS = merge(TINY_TEST_PARAMS, {"pretrain": {"steps": 12, "checkpoint_every": CHECKPOINT_EVERY}})
+POOL_LIMIT = 2  # two heavy steps at once: the CPU split into two devices of one core
 FIRST_CHECKPOINT = checkpoint_name(CHECKPOINT_EVERY)
 # What Ctrl-C may take to stop the main command and every process it started.
 CTRL_C_SECONDS = 20
@@ -82,33 +86,68 @@ def mlflow_running(root: Path) -> int:
         return 0
 
 
-def checkpoint_reached(root: Path) -> bool:
-    return any(
-        (root / "assets" / "models" / f"{name}.ckpt" / FIRST_CHECKPOINT).is_dir()
-        and not (root / "assets" / "models" / name).exists()
-        for name in ("m2m-self", "m2m-dino")
-    )
+def checkpoint_reached(root: Path, name: str) -> bool:
+    models = root / "assets" / "models"
+    return (models / f"{name}.ckpt" / FIRST_CHECKPOINT).is_dir() and not (models / name).exists()
+
+
+def instance(root: Path):
+    import dagster as dg
+
+    return dg.DagsterInstance.from_config(str(root / ".dagster"))
+
+
+def training_run(root: Path, asset: str):
+    """The newest run of ``asset`` alone (its training run), or None."""
+    import dagster as dg
+
+    for run in instance(root).get_runs(limit=50):
+        if run.asset_selection == {dg.AssetKey(asset)}:
+            return run
+    return None
+
+
+def run_status(root: Path, asset: str) -> str | None:
+    run = training_run(root, asset)
+    return run.status.value if run else None
 
 
 @dataclass
 class Interruptions:
-    """What the two interrupted main commands did."""
+    """What the interrupted main commands did."""
 
-    killed: str  # the model whose training was killed after a checkpoint
-    killed_output: str
+    killed: str  # the model whose run worker was killed after a checkpoint
+    killed_run_id: str  # that run
+    other_run_id: str  # the other training's run, in progress when the worker was killed
+    killed_output: str  # the main command killed after Dagster's retry resumed the training
     stopped_output: str  # the command stopped with Ctrl-C
     stopped_exit_code: int | None
     stopped_seconds: float | None  # from Ctrl-C until the command and its children were gone; None: not in time
 
 
-def interrupt_twice(root: Path) -> Interruptions:
-    """``kill -9`` during a training logged into its MLflow run, after a checkpoint (its Dagster run stays
-    STARTED holding the only gpu slot, its MLflow run RUNNING); then a rerun, stopped by Ctrl-C once it
-    resumed that training."""
+def kill_run_worker(root: Path, asset: str) -> str:
+    """``kill -9`` the run worker of ``asset``'s training run; its run id."""
+    from orchestration.runs.launcher import run_worker
+
+    run = training_run(root, asset)
+    pid, _ = run_worker(instance(root), run.run_id)
+    os.kill(pid, signal.SIGKILL)
+    return run.run_id
+
+
+def interrupt(root: Path) -> Interruptions:
+    """M2M-Self's run worker killed after a checkpoint, while its training logs into MLflow and M2M-DINO's
+    run goes on; the main command killed once Dagster's retry resumed it (the retry stays STARTED, its
+    slot and device held by dead processes, its MLflow run RUNNING); a rerun stopped by Ctrl-C once it
+    resumed training."""
+    killed, other = "m2m-self", "m2m_dino_pretrained"
     first = MainCommand(root, "killed")
-    first.wait_for(lambda: checkpoint_reached(root) and mlflow_running(root) > 0, "a checkpoint of a logged training")
-    models = root / "assets" / "models"
-    killed = next(n for n in ("m2m-self", "m2m-dino") if (models / f"{n}.ckpt" / FIRST_CHECKPOINT).is_dir())
+    first.wait_for(lambda: checkpoint_reached(root, killed) and mlflow_running(root) > 0
+                   and run_status(root, other) == "STARTED", "a checkpoint of M2M-Self while M2M-DINO trains")
+    other_run_id = training_run(root, other).run_id
+    killed_run_id = kill_run_worker(root, "m2m_self_pretrained")
+    first.wait_for(lambda: f"resumed from assets/models/{killed}.ckpt/checkpoint-" in first.output
+                   and run_status(root, other) == "SUCCESS", "Dagster's retry resuming M2M-Self after M2M-DINO ended")
     first.kill()
     second = MainCommand(root, "stopped")
     second.wait_for(lambda: "resumed from" in second.output, "a resumed training")
@@ -119,4 +158,5 @@ def interrupt_twice(root: Path) -> Interruptions:
     stopped = None if second.group_alive() else time.monotonic() - start
     if stopped is None:
         second.kill()
-    return Interruptions(killed, first.output, second.output, second.proc.returncode, stopped)
+    return Interruptions(killed, killed_run_id, other_run_id, first.output, second.output, second.proc.returncode,
+                         stopped)

@@ -53,18 +53,26 @@ def test_main_command_materializes_every_asset_with_its_dvc_hash(chain):
             assert materialization.metadata["dvc md5"].value == version
 
 
-def test_its_runs_are_listed_on_their_job_pages(chain):
-    """`dagster dev` lists a job's runs by the code-location tag; in-process runs carry it too."""
+def test_its_runs_went_through_the_instance_like_the_uis(chain):
+    """The main command's runs were launched through the webserver into the queue, by run workers of the
+    project's code location (as `dagster dev` lists runs on a job's page), never in-process."""
     import tomllib
 
     from orchestration.project import CODE_LOCATION, REPO
+    from orchestration.runs.tags import MAIN_COMMAND_TAG
 
     location = tomllib.loads((REPO / "dg.toml").read_text())["project"]["code_location_name"]
     assert location == CODE_LOCATION == tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["dagster"][
         "code_location_name"]
-    runs = instance(chain.root).get_runs()
-    assert {r.job_name for r in runs} >= {"prepare_captions", "train_and_evaluate", "promote_champion"}
-    assert {r.tags.get(".dagster/repository") for r in runs} == {f"__repository__@{location}"}
+    inst = instance(chain.root)
+    runs = [run for run in inst.get_runs() if MAIN_COMMAND_TAG in run.tags]
+    assert {r.job_name for r in runs} >= {"prepare_captions", "generate_mis_shards", "train_and_evaluate",
+                                          "promote_champion"}
+    assert {r.remote_job_origin.location_name for r in runs} == {location}
+    for run in runs[:5]:
+        events = {e.dagster_event.event_type for e in inst.all_logs(run.run_id) if e.dagster_event}
+        assert dg.DagsterEventType.PIPELINE_ENQUEUED in events, run.run_id  # through the run queue
+        assert any("Started process for run" in (e.message or "") for e in inst.all_logs(run.run_id)), run.run_id
 
 
 def first_materialization(inst: dg.DagsterInstance, asset: str):

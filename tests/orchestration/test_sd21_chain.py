@@ -1,6 +1,7 @@
 """The sd21 preset end to end on weight-shaped folders: params-sd21.yaml with only counts and sizes scaled
 down, the weights written by m2m/weight_folders.py, the whole chain through Dagster with training in
-2 DDP processes (gloo on the CPU); DVC clean after, a second run a no-op. docs/pipeline.md walks through it."""
+2 DDP processes (gloo on the CPU, `m2m train --num-processes 2` from params.yaml); DVC clean after, a
+second run a no-op. docs/pipeline.md walks through it."""
 
 from __future__ import annotations
 
@@ -15,22 +16,22 @@ from tests.orchestration.projects import make_project, run_main_command
 
 pytestmark = pytest.mark.slow
 
-# Counts and sizes only; everything else is params-sd21.yaml's. Two exceptions, both inputs the CPU test
+# Counts and sizes only (and two training processes); everything else is params-sd21.yaml's. Two exceptions, both inputs the CPU test
 # cannot have: the captions are the sample shipped with the package (no CC12M download), and the
 # metrics run on the `tiny` feature nets (the `standard` backend's Inception-v3 needs torch-fidelity and
 # its 100 MB weights file; the CLIP half would run on the weight-shaped clip folder).
+PROCESSES = 2
 SD21_TEST_PARAMS = {
     "captions": {"input": "m2m/resources/cc12m_sample.tsv"},
     "mis": {"shards": ["000000", "000001"], "samples_per_shard": 2, "image_size": 32, "sd_steps": 2},
     "manifest": {"test_percent": 50},  # of 4 sets: 2 to train on, 2 to evaluate on
     "tasks": {"count": 3, "image_size": 32},
-    "pretrain": {"steps": 2, "batch_size": 4, "micro_batch_size": 1, "sample_steps": 2},
-    "finetune": {"steps": 1, "batch_size": 4, "micro_batch_size": 1, "sample_steps": 2},
+    "pretrain": {"steps": 2, "batch_size": 4, "micro_batch_size": 1, "sample_steps": 2, "num_processes": PROCESSES},
+    "finetune": {"steps": 1, "batch_size": 4, "micro_batch_size": 1, "sample_steps": 2, "num_processes": PROCESSES},
     "evaluate": {"num_sets": 2, "preceding": 2, "generate": 2, "steps": 2, "metrics_backend": "tiny"},
     "weights": {"inception": "weights/tiny"},
 }
 MODELS = ("m2m-self", "m2m-dino", "m2m-dino-nvs", "m2m-dino-procedure")
-PROCESSES = 2
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +43,7 @@ def sd21_chain(tmp_path_factory, weights_folder):
         # Two cores shared by two training processes (or one and the test): one thread each. Two
         # contending threads made SD generation 4-13x slower here.
         patch.setenv("OMP_NUM_THREADS", "1")
-        return run_main_command(root, ["--num-processes", str(PROCESSES)])
+        return run_main_command(root)
 
 
 def test_params_differ_from_the_preset_only_in_counts_and_sizes(sd21_chain):
@@ -102,7 +103,7 @@ def test_dvc_is_clean_and_a_second_run_changes_nothing(sd21_chain):
     deps = {dep["path"] for dep in lock["m2m_dino_pretrained"]["deps"]}
     assert {"weights/stable-diffusion-2-1-base", "weights/dinov2-giant"} <= deps
     before = (sd21_chain.root / "dvc.lock").read_bytes()
-    again = run_main_command(sd21_chain.root, ["--num-processes", str(PROCESSES)])
+    again = run_main_command(sd21_chain.root)
     assert again.exit_code == 0, again.output
     assert "(ran)" not in again.output and "materialized evaluation (up to date)" in again.output
     assert (sd21_chain.root / "dvc.lock").read_bytes() == before

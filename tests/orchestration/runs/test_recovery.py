@@ -1,6 +1,7 @@
-"""A killed main command comes back by itself: the rerun finishes, training resumes from its checkpoint
-(ending with the weights of an uninterrupted run), no run is left STARTED in Dagster or RUNNING in
-MLflow, no pool slot stays claimed, DVC is clean; Ctrl-C stops the command and its children."""
+"""A killed run worker and a killed main command come back by Dagster's own means: run monitoring fails the
+run with the reason, run retries resume its training from the checkpoint (ending with the weights of an
+uninterrupted run), the other training finishes; no run is left in progress in Dagster or RUNNING in MLflow,
+no pool slot or device stays held, DVC is clean; Ctrl-C stops the command and its children."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ import os
 import shlex
 import sqlite3
 import subprocess
-import sys
 from pathlib import Path
 
 import dagster as dg
@@ -17,9 +17,9 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from orchestration.mlflow import runs as mlflow_runs
-from orchestration.runs import recovery
 from orchestration.dvc.cli import Dvc
+from orchestration.mlflow import runs as mlflow_runs
+from orchestration.runs import devices, recovery
 from tests.orchestration.interrupted import CTRL_C_SECONDS, mlflow_running
 from tests.orchestration.projects import project_env
 
@@ -35,45 +35,66 @@ def uninterrupted(root: Path, stage: str, out: Path) -> Path:
 
 
 @pytest.mark.slow
-def test_a_killed_main_command_comes_back_by_itself(chain, tmp_path):
-    """The session's chain was made by a main command killed during a training after a checkpoint, a rerun
-    stopped with Ctrl-C once it resumed, and a last run (tests/orchestration/interrupted.py)."""
+def test_a_killed_run_worker_and_a_killed_main_command_come_back(chain, tmp_path):
+    """The session's chain was made by a main command in which M2M-Self's run worker was killed after a
+    checkpoint and which was then killed itself, a rerun stopped with Ctrl-C once it resumed, and a last
+    run (tests/orchestration/interrupted.py)."""
     root, interruptions = chain.root, chain.interruptions
-    # the rerun recovered the killed runs and resumed the training; Ctrl-C stopped it and its children
+    instance = dg.DagsterInstance.from_config(str(root / ".dagster"))
+    # the killed run worker: its code server saw it die, the run failed with the reason, Dagster retried it
+    killed = instance.get_run_by_id(interruptions.killed_run_id)
+    assert killed.status == dg.DagsterRunStatus.FAILURE
+    assert any("terminated by signal 9 (SIGKILL)" in (e.message or "") for e in instance.all_logs(killed.run_id))
+    retries = instance.get_runs(filters=dg.RunsFilter(tags={"dagster/parent_run_id": killed.run_id}))
+    assert len(retries) == 1 and "Dagster retries it as run" in interruptions.killed_output
+    # the retry died with the whole command (its code server too): run monitoring asked the launcher
+    retry = retries[0]
+    assert retry.status == dg.DagsterRunStatus.FAILURE and retry.tags["dagster/will_retry"] == "false"  # once only
+    failure = instance.all_logs(retry.run_id, of_type=dg.DagsterEventType.RUN_FAILURE)[-1].message
+    assert "its run worker (pid" in failure and "is gone: killed or crashed" in failure, failure
+    assert f"resumed from assets/models/{interruptions.killed}.ckpt/checkpoint-" in interruptions.killed_output
+    # the other training went on and finished meanwhile
+    assert instance.get_run_by_id(interruptions.other_run_id).status == dg.DagsterRunStatus.SUCCESS
+    # the rerun followed what the killed command left, resumed training; Ctrl-C stopped it and its children
+    assert "left unfinished by an earlier command" in interruptions.stopped_output
+    assert "resumed from assets/models/" in interruptions.stopped_output
     outlived = f"the main command or a child outlived Ctrl-C by {CTRL_C_SECONDS} s"
     assert interruptions.stopped_seconds is not None, outlived
     assert interruptions.stopped_exit_code == 130 and "interrupted" in interruptions.stopped_output
-    assert "recovered run" in interruptions.stopped_output  # the training run of the killed command
-    killed = interruptions.killed
-    assert f"resumed from assets/models/{killed}.ckpt/checkpoint-" in interruptions.stopped_output
-    # the last run finished by itself
+    # the last run finished by itself, and nothing is left held
     assert chain.exit_code == 0, chain.output
-
-    instance = dg.DagsterInstance.from_config(str(root / ".dagster"))
     runs = instance.get_runs()
-    assert not [r.run_id for r in runs if r.status in recovery.IN_PROGRESS]
-    assert sum(r.status == dg.DagsterRunStatus.FAILURE for r in runs) >= 2  # the killed runs, marked failed
+    assert not [r.run_id for r in runs if r.status in recovery.UNFINISHED]
     assert instance.event_log_storage.get_concurrency_info("gpu").claimed_slots == []
+    assert devices.holders(devices.Devices.of_machine("cpu", 2), devices.lease_folder(root / ".dagster")) == {}
     assert mlflow_running(root) == 0
     with sqlite3.connect(root / "mlflow" / "mlflow.db") as con:
         reasons = con.execute("select count(*) from tags where key = ?", (mlflow_runs.REASON_TAG,)).fetchone()[0]
     assert reasons >= 1
     assert Dvc(root).run("status", "--json").strip() in ("{}", "")
 
-    stage = "m2m_self_pretrained" if killed == "m2m-self" else "m2m_dino_pretrained"
-    reference = uninterrupted(root, stage, tmp_path / "reference")
+    reference = uninterrupted(root, "m2m_self_pretrained", tmp_path / "reference")
     for part in ("unet/diffusion_pytorch_model.safetensors",):
-        resumed, whole = load_file(root / "assets/models" / killed / part), load_file(reference / part)
+        resumed, whole = load_file(root / "assets/models" / interruptions.killed / part), load_file(reference / part)
         assert resumed.keys() == whole.keys()
         assert all(torch.equal(resumed[k], whole[k]) for k in whole), "resumed weights differ from an uninterrupted run"
 
 
-def test_a_run_is_stale_only_when_its_process_on_this_host_is_gone():
-    mine = recovery.owner_tags()
-    assert not recovery.owner_is_gone(mine)
-    dead = subprocess.Popen([sys.executable, "-c", "pass"])
-    dead.wait()
-    assert recovery.owner_is_gone({**mine, recovery.PID_TAG: str(dead.pid), recovery.START_TAG: ""})
-    assert recovery.owner_is_gone({**mine, recovery.START_TAG: "1"})  # same pid, another process
-    assert not recovery.owner_is_gone({**mine, recovery.HOST_TAG: "another-host", recovery.PID_TAG: str(dead.pid)})
-    assert not recovery.owner_is_gone({})  # runs started elsewhere (the UI) are the run monitor's
+def step_log(instance: dg.DagsterInstance, run_id: str) -> tuple[float, float | None, str]:
+    """When the run's step started and ended (None: it never did), and the device it said it ran on."""
+    logs = instance.all_logs(run_id)
+    kinds = {e.dagster_event.event_type: e.timestamp for e in logs if e.dagster_event}
+    device = next(e.user_message.split(": on ")[1] for e in logs if not e.dagster_event and ": on cpu:" in e.user_message)
+    return kinds[dg.DagsterEventType.STEP_START], kinds.get(dg.DagsterEventType.STEP_SUCCESS), device
+
+
+@pytest.mark.slow
+def test_the_two_pretrainings_ran_at_once_on_two_devices(chain):
+    """With the pool at 2, the first command's two pre-trainings trained at the same time, each on its own
+    device: M2M-DINO's step had started before M2M-Self's worker was killed, and ended after M2M-Self's began."""
+    instance = dg.DagsterInstance.from_config(str(chain.root / ".dagster"))
+    self_start, _, self_device = step_log(instance, chain.interruptions.killed_run_id)
+    killed_at = instance.all_logs(chain.interruptions.killed_run_id, of_type=dg.DagsterEventType.RUN_FAILURE)[-1].timestamp
+    dino_start, dino_end, dino_device = step_log(instance, chain.interruptions.other_run_id)
+    assert dino_start < killed_at and self_start < dino_end
+    assert {self_device, dino_device} == {"cpu:0", "cpu:1"}

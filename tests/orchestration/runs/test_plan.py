@@ -1,0 +1,37 @@
+"""The main command's runs: one per shard, the light data steps together, one per heavy asset, each
+waiting only for the runs that make its inputs (dvc.yaml's graph), the promotion last."""
+
+from __future__ import annotations
+
+from orchestration.dvc.stages import load_pipeline
+from orchestration.runs import plan
+from tests.orchestration.projects import REPO
+
+JOBS = {"prepare": "prepare_captions", "shards": "generate_mis_shards", "train": "train_and_evaluate",
+        "promote": "promote_champion"}
+CHECKS = [("evaluation", "metrics_in_range"), ("m2m_self_pretrained", "loss_is_finite"),
+          ("mis_dataset", "shards_match_manifest")]
+
+
+def test_each_run_waits_only_for_the_runs_of_its_inputs():
+    specs = {spec.key: spec for spec in plan.plan(load_pipeline(REPO, strict=False), JOBS, CHECKS)}
+    shards = [key for key in specs if key.startswith("mis_shards ")]
+    assert len(shards) == 4 and all(specs[key].after == (plan.CAPTIONS,) for key in shards)
+    assert specs[shards[0]].partition == "000000" and specs[shards[0]].job == "generate_mis_shards"
+    data = specs[plan.DATA]
+    assert set(data.assets) == {"mis_dataset", "nvs_data", "procedure_data"} and set(data.after) == set(shards)
+    assert data.checks == (("mis_dataset", "shards_match_manifest"),)
+    # the two pre-trainings need only the data (the manifest and the shards): they may run side by side
+    for name in ("m2m_self_pretrained", "m2m_dino_pretrained"):
+        assert specs[name].assets == (name,) and set(specs[name].after) == {plan.DATA, *shards}
+    assert specs["m2m_self_pretrained"].checks == (("m2m_self_pretrained", "loss_is_finite"),)
+    # each fine-tuning needs M2M-DINO and the task data, not M2M-Self
+    assert set(specs["m2m_nvs_finetuned"].after) == {"m2m_dino_pretrained", plan.DATA}
+    assert set(specs["evaluation"].after) == {"m2m_self_pretrained", "m2m_dino_pretrained", plan.DATA, *shards}
+    assert specs["evaluation"].checks == (("evaluation", "metrics_in_range"),)
+    assert set(specs[plan.PROMOTION].after) == set(specs) - {plan.PROMOTION}
+
+
+def test_without_promotion_there_is_no_promotion_run():
+    keys = [spec.key for spec in plan.plan(load_pipeline(REPO, strict=False), JOBS, CHECKS, promote=False)]
+    assert plan.PROMOTION not in keys and keys[0] == plan.CAPTIONS
