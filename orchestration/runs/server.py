@@ -48,7 +48,8 @@ def other_daemons(home: Path) -> list[int]:
     found = []
     for proc in psutil.process_iter(["pid", "cmdline"]):
         words = proc.info["cmdline"] or []
-        if not any("_daemon" in word or word.endswith("dagster-daemon") for word in words[:3]):
+        head = " ".join(words[:3])
+        if "dagster._daemon" not in head and "dagster-daemon" not in head:  # how a daemon shows in ps, not an import
             continue
         try:
             env_home = proc.environ().get("DAGSTER_HOME")

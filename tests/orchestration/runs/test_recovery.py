@@ -20,16 +20,18 @@ from safetensors.torch import load_file
 from orchestration.dvc.cli import Dvc
 from orchestration.mlflow import runs as mlflow_runs
 from orchestration.runs import devices, recovery
-from tests.orchestration.interrupted import CTRL_C_SECONDS, mlflow_running
+from tests.orchestration.interrupted import CTRL_C_SECONDS, POOL_LIMIT, mlflow_running
 from tests.orchestration.projects import project_env
 
 
 def uninterrupted(root: Path, stage: str, out: Path) -> Path:
-    """The stage's own training command, run whole into ``out``."""
+    """The stage's own training command, run whole into ``out`` with the threads of the device it had (the
+    pool's share of the cores: other thread counts sum in another order)."""
     cmd = yaml.safe_load((root / "dvc.lock").read_text())["stages"][stage]["cmd"]
     words = shlex.split(cmd)
     words[words.index("--out") + 1] = str(out)
-    env = {**os.environ, **project_env(root)}
+    device = devices.Devices.of_machine("cpu", POOL_LIMIT)
+    env = {**os.environ, **project_env(root), **device.env([0])}
     subprocess.run([*words, "--checkpoint-dir", str(out) + ".ckpt"], cwd=root, env=env, check=True, capture_output=True)
     return out
 
@@ -66,7 +68,7 @@ def test_a_killed_run_worker_and_a_killed_main_command_come_back(chain, tmp_path
     runs = instance.get_runs()
     assert not [r.run_id for r in runs if r.status in recovery.UNFINISHED]
     assert instance.event_log_storage.get_concurrency_info("gpu").claimed_slots == []
-    assert devices.holders(devices.Devices.of_machine("cpu", 2), devices.lease_folder(root / ".dagster")) == {}
+    assert devices.holders(devices.Devices.of_machine("cpu", POOL_LIMIT), devices.lease_folder(root / ".dagster")) == {}
     assert mlflow_running(root) == 0
     with sqlite3.connect(root / "mlflow" / "mlflow.db") as con:
         reasons = con.execute("select count(*) from tags where key = ?", (mlflow_runs.REASON_TAG,)).fetchone()[0]
