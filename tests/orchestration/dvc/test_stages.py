@@ -10,7 +10,7 @@ import yaml
 from orchestration.dvc import stages
 from orchestration.dvc.stages import ROLES, PipelineError, load_pipeline, upstream_assets
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 CARD = [
     "filtered_captions",
