@@ -32,13 +32,14 @@ def is_launcher(num_processes: int) -> bool:
     return num_processes > 1 and world is None
 
 
-def launch_command(argv: list[str], num_processes: int, mixed_precision: str | None, cpu: bool) -> list[str]:
-    """The ``accelerate launch`` command that runs ``m2m <argv>`` in ``num_processes`` workers."""
+def launch_command(argv: list[str], num_processes: int, mixed_precision: str | None) -> list[str]:
+    """The ``accelerate launch`` command that runs ``m2m <argv>`` in ``num_processes`` workers (on the CPU
+    when the environment says ``ACCELERATE_USE_CPU``: accelerate refuses ``--cpu`` beside ``--multi_gpu``)."""
     precision = mixed_precision or os.environ.get("ACCELERATE_MIXED_PRECISION") or "no"
     return [
         sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(num_processes),
         "--num_machines", "1", "--main_process_port", "0", "--mixed_precision", precision,
-        "--dynamo_backend", "no", *(["--cpu"] if cpu else []), "-m", "m2m", *argv,
+        "--dynamo_backend", "no", "-m", "m2m", *argv,
     ]
 
 
@@ -52,7 +53,7 @@ def run_workers(argv: list[str], num_processes: int, mixed_precision: str | None
 
     cpu = os.environ.get("M2M_DEVICE") == "cpu" or not torch.cuda.is_available()
     env = {**os.environ, **({"ACCELERATE_USE_CPU": "true"} if cpu else {})}
-    command = launch_command(argv, num_processes, mixed_precision, cpu)
+    command = launch_command(argv, num_processes, mixed_precision)
     print(f"starting {num_processes} training processes: accelerate launch ... -m m2m {' '.join(argv)}", flush=True)
     linux = sys.platform.startswith("linux")
     return subprocess.run(command, env=env, check=False, preexec_fn=_die_with_parent if linux else None).returncode

@@ -143,7 +143,8 @@ def interrupt(root: Path) -> Interruptions:
     killed, other = "m2m-self", "m2m_dino_pretrained"
     first = MainCommand(root, "killed")
     first.wait_for(lambda: checkpoint_reached(root, killed) and mlflow_running(root) > 0
-                   and run_status(root, other) == "STARTED", "a checkpoint of M2M-Self while M2M-DINO trains")
+                   and f"[{other}] {other}: on cpu:" in first.output and run_status(root, other) == "STARTED",
+                   "a checkpoint of M2M-Self while M2M-DINO trains")
     other_run_id = training_run(root, other).run_id
     killed_run_id = kill_run_worker(root, "m2m_self_pretrained")
     first.wait_for(lambda: f"resumed from assets/models/{killed}.ckpt/checkpoint-" in first.output

@@ -13,15 +13,14 @@ from m2m.training import launch
 def test_the_launcher_relaunches_the_same_words_in_n_workers(monkeypatch):
     monkeypatch.delenv("ACCELERATE_MIXED_PRECISION", raising=False)
     argv = ["train", "--preset", "sd21", "--out", "assets/models/m2m self", "--num-processes", "4"]
-    command = launch.launch_command(argv, 4, "bf16", cpu=False)
+    command = launch.launch_command(argv, 4, "bf16")
     assert command[:3] == [sys.executable, "-m", "accelerate.commands.launch"] and "--multi_gpu" in command
     assert command[command.index("--num_processes") + 1] == "4"
     assert command[command.index("--mixed_precision") + 1] == "bf16"
     assert command[command.index("--main_process_port") + 1] == "0"  # a free port: two trainings on one host
-    assert command[-len(argv) - 2 :] == ["-m", "m2m", *argv] and "--cpu" not in command
-    assert "--cpu" in launch.launch_command(argv, 4, None, cpu=True)
+    assert command[-len(argv) - 2 :] == ["-m", "m2m", *argv] and "--cpu" not in command  # refused beside --multi_gpu
     monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "fp16")  # the compute resource's dtype, for `auto`
-    auto = launch.launch_command(argv, 4, None, cpu=False)
+    auto = launch.launch_command(argv, 4, None)
     assert auto[auto.index("--mixed_precision") + 1] == "fp16"
 
 
