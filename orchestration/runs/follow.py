@@ -129,8 +129,10 @@ class Follower:
             run = self.instance.get_run_by_id(followed.run_id)
             if run is None or run.status not in ENDED:
                 continue
-            if run.status == dg.DagsterRunStatus.FAILURE and run.tags.get(WILL_RETRY_TAG) == "true":
-                retry = self.retry_of(run.run_id)
+            will_retry = run.tags.get(WILL_RETRY_TAG)
+            if run.status == dg.DagsterRunStatus.FAILURE and will_retry != "false" and self.instance.run_retries_enabled:
+                # Dagster tags a failed run with whether it will retry it just after marking it failed
+                retry = self.retry_of(run.run_id) if will_retry == "true" else None
                 if retry is None:
                     followed.retry_deadline = followed.retry_deadline or time.monotonic() + RETRY_WAIT_S
                     if time.monotonic() < followed.retry_deadline:
