@@ -45,23 +45,36 @@ def check_correctness(device: str) -> dict:
 
 
 def cuda_seconds_per_call(fn, calls: int, warmup: int = 1) -> float:
-    """Mean wall time of ``fn()`` on the GPU after ``warmup`` calls; peak memory counts from the first timed call."""
+    """Mean wall time of ``fn()`` on the GPU after ``warmup`` calls; peak memory counts from the first timed call.
+    Without CUDA (a smoke run on a CPU) the same wall time, unsynchronised."""
+    cuda = torch.cuda.is_available()
     for _ in range(warmup):
         fn()
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
     for _ in range(calls):
         fn()
-    torch.cuda.synchronize()
+    if cuda:
+        torch.cuda.synchronize()
     return (time.perf_counter() - start) / calls
 
 
+def peak_gib() -> float | None:
+    """Peak GPU memory since the last reset, GiB; None without CUDA."""
+    return torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
+
+
 def train_step_rate(model, kind: str, batch_images: int, n_images: int, device: str, steps: int = 6) -> dict:
-    """Noisy images per second of one training step: bf16 autocast forward + backward + AdamW."""
+    """Noisy images per second of one training step: bf16 autocast forward + backward + AdamW; and the
+    model-FLOP utilisation: the FLOPs of one forward pass (``FlopCounterMode``, as ``m2m train`` counts
+    them) times 3 for forward and backward, per image, at that rate, over the device's bf16 matmul peak
+    (fp32 on a CPU, where autocast stays off)."""
     from diffusers import DDPMScheduler
 
     from m2m.models.presets import SD21_SCHEDULER
+    from m2m.training.flops import counting, matmul_peak
     from m2m.training.objective import m2m_loss
 
     torch.manual_seed(0)
@@ -69,7 +82,9 @@ def train_step_rate(model, kind: str, batch_images: int, n_images: int, device: 
     unet = model if kind == "sd" else model.unet
     unet.float().train()
     opt = torch.optim.AdamW([p for p in unet.parameters() if p.requires_grad], lr=1e-5)
-    torch.cuda.reset_peak_memory_stats()
+    cuda = device.startswith("cuda")
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
 
     if kind == "sd":
         cfg = unet.config
@@ -94,16 +109,63 @@ def train_step_rate(model, kind: str, batch_images: int, n_images: int, device: 
         def loss_fn():
             return m2m_loss(model, noise_scheduler, None, precomputed=(z0, context))
 
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda)
+
     def step():
-        with torch.autocast("cuda", dtype=torch.bfloat16):
+        with autocast:
             loss = loss_fn()
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
 
+    with torch.no_grad(), autocast, counting() as counter:
+        loss_fn()
+    flops_per_image = 3 * counter.get_total_flops() / batch_images
+    peak = matmul_peak(torch.device(device), torch.bfloat16 if cuda else torch.float32)
     seconds = cuda_seconds_per_call(step, steps, warmup=2)
-    return {"s_per_step": seconds, "img_per_s": batch_images / seconds,
-            "peak_gib": torch.cuda.max_memory_allocated() / 2**30}
+    rate = batch_images / seconds
+    return {"s_per_step": seconds, "img_per_s": rate, "peak_gib": peak_gib(),
+            "flops_per_image": flops_per_image, "peak_flops": peak, "mfu": flops_per_image * rate / peak}
+
+
+def sampling_rows(preset: str, batch: int, steps: int, device: str, dtype: torch.dtype, repeats: int = 2) -> list:
+    """(what, model, s / image, ratio to SD) of DDIM ``steps`` + CFG (+ VAE at sd21) sampling at ``batch``
+    sets per call: the plain SD UNet, then M2M-Self and M2M-DINO after 4 input images (and uncached at
+    batch 1), all measured in this call."""
+    kw = dict(steps=steps, batch=batch, device=device, dtype=dtype, repeats=repeats)
+    base = sd_seconds_per_image(build(preset, None, device, dtype), **kw)
+    rows = [(f"sample b{batch}", "SD UNet", base, 1.0)]
+    for variant in ("self", "dino"):
+        pipe = build(preset, variant, device, dtype)
+        s = m2m_seconds_per_image(pipe, 4, 1, **kw)
+        rows.append((f"sample b{batch}", f"M2M-{variant}, 4 in", s, s / base))
+        if batch == 1:
+            s = m2m_seconds_per_image(pipe, 4, 1, use_cache=False, **kw)
+            rows.append((f"sample b{batch}", f"M2M-{variant}, 4 in, no cache", s, s / base))
+        del pipe
+        if device.startswith("cuda"):
+            torch.cuda.empty_cache()
+    return rows
+
+
+def training_rows(preset: str, train_batch: int, device: str) -> tuple[list, dict]:
+    """Training rows (what, model, s / image, ratio to SD) and each model's ``train_step_rate`` result:
+    the SD UNet on ``train_batch`` images, M2M-Self and M2M-DINO on ``train_batch // 4`` sets of 4."""
+    sd = build(preset, None, device, torch.float32)[0]
+    base = train_step_rate(sd, "sd", train_batch, 1, device)
+    del sd
+    rows = [("train", f"SD UNet, {train_batch} img", 1 / base["img_per_s"], 1.0)]
+    res = {"train_sd": base}
+    for variant in ("self", "dino"):
+        pipe = build(preset, variant, device, torch.float32)
+        r = train_step_rate(pipe, variant, train_batch, 4, device)
+        res[f"train_{variant}"] = r
+        rows.append(("train", f"M2M-{variant}, {train_batch // 4} sets x 4", 1 / r["img_per_s"],
+                     base["img_per_s"] / r["img_per_s"]))
+        del pipe
+        if device.startswith("cuda"):
+            torch.cuda.empty_cache()
+    return rows, res
 
 
 def main() -> None:
@@ -118,35 +180,13 @@ def main() -> None:
     res.update(check_correctness(device))
     print(json.dumps(res, indent=1), flush=True)
 
-    dtype = torch.float16
     rows = []
     for batch in (1, 8):
-        kw = dict(steps=args.steps, batch=batch, device=device, dtype=dtype, repeats=2)
-        base = sd_seconds_per_image(build("sd21", None, device, dtype), **kw)
-        rows.append((f"sample b{batch}", "SD UNet", base, 1.0))
-        for variant in ("self", "dino"):
-            pipe = build("sd21", variant, device, dtype)
-            s = m2m_seconds_per_image(pipe, 4, 1, **kw)
-            rows.append((f"sample b{batch}", f"M2M-{variant}, 4 in", s, s / base))
-            if batch == 1:
-                s = m2m_seconds_per_image(pipe, 4, 1, use_cache=False, **kw)
-                rows.append((f"sample b{batch}", f"M2M-{variant}, 4 in, no cache", s, s / base))
-            del pipe
-            torch.cuda.empty_cache()
+        rows += sampling_rows("sd21", batch, args.steps, device, torch.float16)
         print(rows[-3:], flush=True)
-
-    sd = build("sd21", None, device, torch.float32)[0]
-    base = train_step_rate(sd, "sd", args.train_batch, 1, device)
-    del sd
-    rows.append(("train", f"SD UNet, {args.train_batch} img", 1 / base["img_per_s"], 1.0))
-    res["train_sd"] = base
-    for variant in ("self", "dino"):
-        pipe = build("sd21", variant, device, torch.float32)
-        r = train_step_rate(pipe, variant, args.train_batch, 4, device)
-        res[f"train_{variant}"] = r
-        rows.append(("train", f"M2M-{variant}, {args.train_batch // 4} sets x 4", 1 / r["img_per_s"], base["img_per_s"] / r["img_per_s"]))
-        del pipe
-        torch.cuda.empty_cache()
+    train, trained = training_rows("sd21", args.train_batch, device)
+    rows += train
+    res.update(trained)
     res["rows"] = rows
     print(f"\n{res['device']}, SD-2.1-base size, random weights, DDIM {args.steps} + CFG (fp16); training bf16 autocast\n")
     print("| what | model | s / image | ratio to SD |")
@@ -154,10 +194,9 @@ def main() -> None:
     for what, model, s, ratio in rows:
         print(f"| {what} | {model} | {s:.4f} | {ratio:.2f} |")
     for key in ("train_sd", "train_self", "train_dino"):
-        print(f"{key}: {res[key]['img_per_s']:.1f} img/s, {res[key]['peak_gib']:.1f} GiB peak")
+        print(f"{key}: {res[key]['img_per_s']:.1f} img/s, {res[key]['peak_gib']:.1f} GiB peak, MFU {res[key]['mfu']:.1%}")
     if args.json:
         args.json.write_text(json.dumps(res, indent=2))
-
 
 if __name__ == "__main__":
     main()

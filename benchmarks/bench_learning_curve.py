@@ -69,6 +69,7 @@ def score_checkpoint(folder: Path, mis: Path, args) -> dict:
     from m2m.training.checkpoint import read_trainer_state
 
     pipe, settings = checkpoint_pipeline(folder)
+    pipe.to(getattr(args, "device", "cpu"))  # float32 on either; the noise comes from CPU generators
     state = read_trainer_state(folder)
     sets, _ = read_mis_eval_sets(mis, "test", PRECEDING, pipe.image_size, args.sets)
     context, references = preceding_images(sets, PRECEDING), [s.attributes for s in sets]
@@ -212,6 +213,8 @@ def parse_args(argv):
     parser.add_argument("--guidance-scale", type=float, default=None,
                         help="s of eq. 6 for every checkpoint (default: each model's own, 1 for tiny)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
+    parser.add_argument("--device", default="cpu",
+                        help="where checkpoints generate (default cpu; cuda on a GPU machine, float32 on both)")
     parser.add_argument("--label", help="a pilot's name: its own results file, plot and RESULTS.md section")
     args = parser.parse_args(argv)
     if args.label is not None and not args.label.replace("-", "").isalnum():
@@ -257,6 +260,8 @@ def main(argv: list[str] | None = None) -> int:
         command = run_command(state)
         runs[variant] = {"checkpoints": str(root), "protocol": protocol, "command": command, "rows": rows,
                          "precision": precision}
+        if args.device != "cpu":
+            runs[variant]["scored_on"] = torch.cuda.get_device_name() if args.device.startswith("cuda") else args.device
         save_json({**runs[variant]}, cache.name)
     report = {**run_header(args, argv), "runs": runs, "reference_fits": reference_fits(args.data, args.sets)}
     stem = f"learning_curve_{args.label}" if args.label else "learning_curve"

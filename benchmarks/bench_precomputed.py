@@ -68,7 +68,7 @@ def step_seconds(pipe, sets: int, n_images: int, device: str, stored: bool, step
     return (time.perf_counter() - start) / steps
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--full-size", action="store_true", help="SD-2.1-base / DINOv2-giant architectures")
@@ -76,7 +76,7 @@ def main() -> None:
     parser.add_argument("--n-images", type=int, default=5)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--json", type=Path)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     make = full_size_pipeline if args.full_size else weight_shaped_pipeline
     rows = {}
     for variant in ("self", "dino"):

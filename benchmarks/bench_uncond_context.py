@@ -69,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=5, help="timed turns (the median is kept)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    parser.add_argument("--json", type=Path, help="where the report goes (default results/uncond_context_<device>.json)")
     args = parser.parse_args(argv)
     device, dtype = args.device, getattr(torch, args.dtype)
     sd_unet, unet = build(args.latent, device, dtype)
@@ -95,8 +96,9 @@ def main(argv: list[str] | None = None) -> int:
     rows["one_copy_over_w_copies"] = rows["one_copy_s"] / rows["w_copies_s"]
     rows["w_copies_over_sd"] = rows["w_copies_s"] / rows["sd_unet_s"]
     rows["one_copy_over_sd"] = rows["one_copy_s"] / rows["sd_unet_s"]
-    report = {"settings": vars(args), "threads": torch.get_num_threads(), "results": rows}
-    with atomic_file(RESULTS / f"uncond_context_{device}.json") as tmp:
+    report = {"settings": {k: v for k, v in vars(args).items() if k != "json"}, "threads": torch.get_num_threads(),
+              "results": rows}
+    with atomic_file(args.json or RESULTS / f"uncond_context_{device}.json") as tmp:
         tmp.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     print(json.dumps(report, indent=2))
     return 0
