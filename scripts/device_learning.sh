@@ -83,16 +83,7 @@ mkdir -p "$WORK/logs" "$OUT"
 rm -rf "$WORK"/runs-* "$WORK/calibration" benchmarks/results/learning_curve_device-*.json
 exec > >(tee -a "$OUT/learning.log") 2>&1
 
-if compgen -G ".whl/*.whl" > /dev/null; then
-    $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" .whl/*.whl \
-        || { echo "device_learning: installing .whl/ into $SITE failed" >&2; exit 1; }
-    export PYTHONPATH="$SITE:$PWD${PYTHONPATH:+:$PYTHONPATH}"
-else
-    export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-fi
-export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
-$PY -c "import torch, sys; print(f'python {sys.version.split()[0]}, torch {torch.__version__},',
-        torch.cuda.get_device_name() if torch.cuda.is_available() else 'no CUDA device')"
+. scripts/device_env.sh device_learning
 if [ "$SCORE_DEVICE" = cuda ] && ! $PY -c "import torch, sys; sys.exit(not torch.cuda.is_available())"; then
     echo "device_learning: no CUDA device (SMOKE=1 for a CPU smoke run)" >&2
     exit 1

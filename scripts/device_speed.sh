@@ -41,16 +41,7 @@ done
 mkdir -p "$OUT" "$WORK"
 exec > >(tee -a "$OUT/speed.log") 2>&1
 
-if compgen -G ".whl/*.whl" > /dev/null; then
-    $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" .whl/*.whl \
-        || { echo "device_speed: installing .whl/ into $SITE failed" >&2; exit 1; }
-    export PYTHONPATH="$SITE:$PWD${PYTHONPATH:+:$PYTHONPATH}"
-else
-    export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-fi
-export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
-$PY -c "import torch, sys; print(f'python {sys.version.split()[0]}, torch {torch.__version__},',
-        torch.cuda.get_device_name() if torch.cuda.is_available() else 'no CUDA device')"
+. scripts/device_env.sh device_speed
 [ "$SMOKE" = 1 ] && echo "device_speed: smoke sizes (tiny preset) on whatever device there is"
 
 STATUS=$WORK/status.tsv
