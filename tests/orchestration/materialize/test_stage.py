@@ -83,6 +83,7 @@ def test_a_broken_param_value_is_refused_by_its_key_and_changes_nothing(copy_of_
     assert snapshot(copy_of_chain) == before
 
 
+@pytest.mark.slow  # reads the materialized chain, minutes to make
 @pytest.mark.parametrize("key", ["preset", "weights.sd"])
 def test_shell_code_in_params_never_runs(copy_of_chain, key):
     before = snapshot(copy_of_chain)
@@ -94,6 +95,7 @@ def test_shell_code_in_params_never_runs(copy_of_chain, key):
     assert snapshot(copy_of_chain) == before
 
 
+@pytest.mark.slow  # reads the materialized chain, minutes to make
 def test_a_command_that_fails_fails_its_asset_and_nothing_is_committed(copy_of_chain):
     before = snapshot(copy_of_chain)
     dvc_yaml = copy_of_chain / "dvc.yaml"
