@@ -62,8 +62,8 @@ def set_pool_limit(instance: dg.DagsterInstance) -> str:
     """The ``gpu`` pool's limit from the machine's devices (the instance's own setting wins); a line saying so."""
     compute = ComputeResource()
     kind = compute.resolved_device()
-    count = compute.devices().count if kind in ("cuda", "cpu") else 1
-    limit = pool.set_limit(instance, count if kind == "cuda" else 1)
+    count = compute.devices().count if kind == "cuda" else 1  # a CPU is one device until the pool splits it
+    limit = pool.set_limit(instance, count)
     source = "concurrency.pools.default_limit" if pool.configured_default(instance) is not None else f"{count} {kind} device(s)"
     cores = f"; the CPU split into {limit} device(s)" if kind == "cpu" else ""
     return f"gpu pool: {limit} heavy step(s) at once ({source}){cores}"

@@ -25,7 +25,7 @@ PARENT_RUN_TAG, WILL_RETRY_TAG, PARTITION_TAG = "dagster/parent_run_id", "dagste
 # The run log on the console: what the steps say (INFO), not every engine event (DEBUG).
 RUN_CONFIG = {"execution": {"config": {"in_process": {}}}, "loggers": {"console": {"config": {"log_level": "INFO"}}}}
 POLL_S = 0.5
-# How long a failed run's retry may take to appear once Dagster said it will retry it.
+# How long a failed run's will-retry tag and retry may take to appear.
 RETRY_WAIT_S = 120.0
 ENDED = {dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED}
 
@@ -93,17 +93,13 @@ class Follower:
             spec.job, RUN_CONFIG, tags, list(spec.assets) if spec.assets else None, list(spec.checks),
         )
         say(f"[{spec.key}] submitted run {run_id}")
-        followed = Followed(spec.key, run_id)
-        self.active[spec.key] = followed
-        self.run_ids.append(run_id)
-        return followed
+        return self.follow(spec.key, run_id)
 
-    def adopt(self, name: str, run_id: str) -> Followed:
-        """Follow a run this command did not submit (left in progress by an earlier one)."""
-        followed = Followed(name, run_id)
+    def follow(self, name: str, run_id: str, start: float | None = None) -> Followed:
+        """Follow run ``run_id`` under ``name`` (in place of the run followed so far under it, if any)."""
+        followed = Followed(name, run_id, start=time.monotonic() if start is None else start)
         self.active[name] = followed
         self.run_ids.append(run_id)
-        say(f"[{name}] following run {run_id}, already in progress")
         return followed
 
     def print_new_events(self, followed: Followed) -> None:
@@ -139,8 +135,7 @@ class Follower:
                         continue
                 else:
                     say(f"[{name}] run {run.run_id} failed; Dagster retries it as run {retry}")
-                    self.active[name] = Followed(name, retry, start=followed.start)
-                    self.run_ids.append(retry)
+                    self.follow(name, retry, start=followed.start)
                     continue
             elapsed = time.monotonic() - followed.start
             if run.status == dg.DagsterRunStatus.SUCCESS:
@@ -172,12 +167,8 @@ class Follower:
         return outcome
 
     def wait_for(self, run_ids: dict[str, str]) -> dict[str, dg.DagsterRunStatus | None]:
-        """Follow runs already in progress (by name) to their end."""
+        """Follow runs this command did not submit (by name; left in progress by an earlier one) to their end."""
         for name, run_id in run_ids.items():
-            self.adopt(name, run_id)
-        outcome: dict[str, dg.DagsterRunStatus | None] = {}
-        while self.active:
-            outcome.update(self.poll())
-            if self.active:
-                time.sleep(POLL_S)
-        return outcome
+            self.follow(name, run_id)
+            say(f"[{name}] following run {run_id}, already in progress")
+        return self.run([])

@@ -17,8 +17,7 @@ from pathlib import Path
 
 import dagster as dg
 
-# The run-monitoring interface that DefaultRunLauncher leaves unimplemented; dagster exports it only here.
-from dagster._core.launcher import CheckRunHealthResult, WorkerStatus
+from dagster._core.launcher import CheckRunHealthResult, WorkerStatus  # run monitoring's interface, exported only here
 
 STARTED_PROCESS = "Started process for run"
 

@@ -59,27 +59,23 @@ def plan(
         for item in groups[name].items:
             shard_keys.append(f"{name} {item}")
             specs.append(RunSpec(shard_keys[-1], jobs["shards"], partition=item, after=(CAPTIONS,)))
-    holder = {name: CAPTIONS for name in prepared}
-    holder.update({name: shard for name in partitioned for shard in shard_keys if shard.startswith(f"{name} ")})
-    rest = [name for name in groups if name not in prepared and name not in partitioned]
+    holders = {name: (CAPTIONS,) for name in prepared}  # asset -> the runs that make it
+    holders.update({name: tuple(k for k in shard_keys if k.startswith(f"{name} ")) for name in partitioned})
+    rest = [name for name in groups if name not in holders]
 
     def after(name: str) -> tuple[str, ...]:
-        keys = []
-        for parent in upstream_assets(groups, name):
-            keys += [s for s in shard_keys if s.startswith(f"{parent} ")] if parent in partitioned else [holder[parent]]
-        return tuple(dict.fromkeys(keys))
+        return tuple(dict.fromkeys(key for parent in upstream_assets(groups, name) for key in holders[parent]))
 
     light = [name for name in rest if groups[name].first.meta.get("pool") != POOL
-             and all(holder.get(parent) in (CAPTIONS, *shard_keys) or parent in partitioned
-                     for parent in upstream_assets(groups, name))]
+             and not any(parent in rest for parent in upstream_assets(groups, name))]
     if light:
         needs = tuple(dict.fromkeys(key for name in light for key in after(name)))
         specs.append(RunSpec(DATA, jobs["train"], assets=tuple(light), after=needs, checks=of(tuple(light))))
-        holder.update({name: DATA for name in light})
+        holders.update({name: (DATA,) for name in light})
     for name in rest:
         if name not in light:
             specs.append(RunSpec(name, jobs["train"], assets=(name,), after=after(name), checks=of((name,))))
-            holder[name] = name
+            holders[name] = (name,)
     if promote:
         specs.append(RunSpec(PROMOTION, jobs["promote"], after=tuple(s.key for s in specs)))
     return specs

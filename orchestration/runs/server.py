@@ -134,17 +134,13 @@ class DagsterServer:
     def answers(self) -> bool:
         """True once the code location has loaded and the webserver answers GraphQL."""
         import urllib.error
-        import urllib.request
 
-        query = b'{"query": "{ workspaceOrError { ... on Workspace { locationEntries { loadStatus } } } }"}'
-        request = urllib.request.Request(f"{self.url}/graphql", data=query,
-                                         headers={"Content-Type": "application/json"})
+        query = "{ workspaceOrError { ... on Workspace { locationEntries { loadStatus } } } }"
         try:
-            with urllib.request.urlopen(request, timeout=5) as response:
-                body = response.read().decode()
-        except (urllib.error.URLError, OSError):
+            entries = self.graphql(query, timeout=5)["workspaceOrError"].get("locationEntries") or []
+        except (urllib.error.URLError, OSError, ValueError, KeyError, ServerError):
             return False
-        return '"LOADED"' in body and '"LOADING"' not in body
+        return bool(entries) and all(entry["loadStatus"] == "LOADED" for entry in entries)
 
     def last_line(self) -> str:
         lines = [line for line in self.log_path.read_text(errors="replace").splitlines() if line.strip()]

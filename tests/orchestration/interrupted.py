@@ -10,6 +10,7 @@ what the interrupted commands did."""
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import sqlite3
@@ -91,7 +92,9 @@ def checkpoint_reached(root: Path, name: str) -> bool:
     return (models / f"{name}.ckpt" / FIRST_CHECKPOINT).is_dir() and not (models / name).exists()
 
 
+@functools.cache
 def instance(root: Path):
+    """The project's instance, opened once (the waits below ask it many times a second)."""
     import dagster as dg
 
     return dg.DagsterInstance.from_config(str(root / ".dagster"))
