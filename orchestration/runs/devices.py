@@ -3,7 +3,8 @@
 Dagster's ``gpu`` pool says how many heavy steps run at once; it does not say *which* GPU each one
 computes on, so with ``device: auto`` every concurrent step would pick ``cuda:0``. Each heavy step
 therefore leases device indices before its command starts: one lock file per index under
-``$DAGSTER_HOME/devices/`` (``cuda-0.lock``, ``cuda-1.lock``, ... or ``cpu-0.lock`` ...), taken with
+``$DAGSTER_HOME/devices/`` (``cuda-0.lock``, ``cuda-1.lock``, ... by the GPU's machine-wide index, or
+``cpu-0.lock`` ...), taken with
 ``flock``. The command inherits the lock's file descriptor, so the lease lasts as long as the step or
 its command lives, and the kernel frees it when the last of them exits: a step killed with
 ``kill -9`` holds no device afterwards, with nothing to clean up. A DDP training of N processes
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import re
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -50,12 +52,22 @@ class Devices:
         share = len(cores) // count
         return cls("cpu", count, tuple(tuple(cores[i * share : (i + 1) * share]) for i in range(count)))
 
+    def physical(self, index: int) -> str:
+        """The GPU ``index`` is, as the machine names it: through this process's ``CUDA_VISIBLE_DEVICES``
+        (a Celery worker of one GPU sees it as index 0)."""
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")
+        return visible[index].strip() if len(visible) > index and visible[index].strip() else str(index)
+
+    def lock_name(self, index: int) -> str:
+        """The lock file of device ``index``: GPUs by their machine-wide name, so that processes seeing
+        different GPUs (two workers, one GPU each) never wait for each other, and ones seeing the same GPU do."""
+        name = self.physical(index) if self.kind == "cuda" else str(index)
+        return f"{self.kind}-{re.sub(r'[^A-Za-z0-9_-]', '_', name)}.lock"
+
     def env(self, indices: list[int]) -> dict[str, str]:
         """The environment that confines a command to the leased ``indices``."""
         if self.kind == "cuda":
-            visible = os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")
-            physical = [visible[i] if len(visible) > i and visible[i] else str(i) for i in indices]
-            return {"CUDA_VISIBLE_DEVICES": ",".join(physical), "M2M_DEVICE": "cuda"}
+            return {"CUDA_VISIBLE_DEVICES": ",".join(self.physical(i) for i in indices), "M2M_DEVICE": "cuda"}
         threads = str(sum(len(self.cores[i]) for i in indices))
         return {"M2M_DEVICE": "cpu", "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": threads,
                 "MKL_NUM_THREADS": threads}
@@ -106,7 +118,7 @@ def holders(devices: Devices, folder: Path) -> dict[int, str]:
     """Which of ``devices`` are leased now, and by whom (what the holder wrote into its lock file)."""
     held = {}
     for index in range(devices.count):
-        path = folder / f"{devices.kind}-{index}.lock"
+        path = folder / devices.lock_name(index)
         if not path.exists():
             continue
         fd = _try_lock(path, "")
@@ -134,7 +146,7 @@ def lease(devices: Devices, needed: int, holder: str, folder: Path, log=None, ti
     while True:
         held: list[tuple[int, int]] = []
         for index in range(devices.count):
-            fd = _try_lock(folder / f"{devices.kind}-{index}.lock", holder)
+            fd = _try_lock(folder / devices.lock_name(index), holder)
             if fd is not None:
                 held.append((index, fd))
                 if len(held) == needed:

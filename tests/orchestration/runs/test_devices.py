@@ -25,11 +25,16 @@ with lease(Devices(kind, count, tuple((i,) for i in range(count)) if kind == "cp
 """
 
 
-def hold(tmp_path: Path, name: str, count: int, needed: int = 1, kind: str = "cuda") -> tuple[subprocess.Popen, Path]:
-    """A step in another process that leases ``needed`` of ``count`` devices and holds them."""
+def hold(tmp_path: Path, name: str, count: int, needed: int = 1, kind: str = "cuda",
+         visible: str | None = None) -> tuple[subprocess.Popen, Path]:
+    """A step in another process that leases ``needed`` of ``count`` devices and holds them (``visible``:
+    its ``CUDA_VISIBLE_DEVICES``)."""
     out = tmp_path / f"{name}.txt"
+    env = {key: value for key, value in os.environ.items() if key != "CUDA_VISIBLE_DEVICES"}
+    if visible is not None:
+        env["CUDA_VISIBLE_DEVICES"] = visible
     proc = subprocess.Popen([sys.executable, "-c", HOLD, kind, str(count), str(needed), str(tmp_path / "devices"), str(out)],
-                            cwd=Path(__file__).resolve().parents[3])
+                            cwd=Path(__file__).resolve().parents[3], env=env)
     deadline = time.monotonic() + 60
     while not out.exists():
         assert proc.poll() is None and time.monotonic() < deadline, f"{name} did not lease"
@@ -99,6 +104,25 @@ def test_a_command_sees_only_its_devices(monkeypatch):
     cpu = Devices("cpu", 2, ((0, 1), (2, 3)))
     assert cpu.env([1])["OMP_NUM_THREADS"] == "2" and cpu.affinity([1]) == {2, 3}
     assert cpu.env([0, 1])["OMP_NUM_THREADS"] == "4"
+
+
+def test_workers_of_one_gpu_each_lease_by_the_machines_gpu_name(tmp_path, monkeypatch):
+    """Two Celery workers on one machine, CUDA_VISIBLE_DEVICES=0 and =1, each see their GPU as index 0:
+    they share the lease folder and never wait for each other; a step seeing GPU 1 as well waits for it."""
+    first, _ = hold(tmp_path, "worker-gpu0", count=1, visible="0")
+    second, _ = hold(tmp_path, "worker-gpu1", count=1, visible="1")  # would wait forever on a shared cuda-0.lock
+    try:
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")
+        assert holders(Devices("cuda", 1), tmp_path / "devices") == {0: "holder"}
+        with pytest.raises(TimeoutError):
+            with lease(Devices("cuda", 1), 1, "third", tmp_path / "devices", timeout_s=1):
+                pass
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "GPU-3f2a,GPU-77c1")
+        assert Devices("cuda", 2).lock_name(1) == "cuda-GPU-77c1.lock"
+    finally:
+        for proc in (first, second):
+            proc.kill()
+            proc.wait()
 
 
 def test_the_cpu_splits_into_equal_shares_of_its_cores():
