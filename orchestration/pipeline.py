@@ -91,14 +91,13 @@ def summary(root: Path) -> str:
         table = json.loads(metrics.read_text(encoding="utf-8"))["summary"]
         values = ", ".join(f"{k} {v['mean']:.2f} ± {v['std']:.2f}" for k, v in table.items())
         lines.append(f"  {metrics.parent.name}: {values}  ({metrics.with_name('metrics.md').relative_to(root)})")
-    db = root / "mlflow" / "mlflow.db"
     lines += [
         "Sample grids: assets/models/*/samples.png, assets/eval/*/grid.png",
         "Open the UIs (both on 127.0.0.1):",
         f"  DAGSTER_HOME={os.environ['DAGSTER_HOME']} .venv/bin/dagster dev --host 127.0.0.1 --port 3000"
         "   -> http://127.0.0.1:3000",
-        f"  .venv/bin/mlflow ui --backend-store-uri sqlite:///{db} --host 127.0.0.1 --port 5000"
-        "   -> http://127.0.0.1:5000",
+        f"  the team's MLflow server -> {uri}" if uri.startswith(("http://", "https://")) else
+        f"  .venv/bin/mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000   -> http://127.0.0.1:5000",
     ]
     return "\n".join(lines)
 
@@ -188,6 +187,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"Dagster: {server.url} (this command's runs, live; its log: {server.log_path})", flush=True)
     try:
         code = run_chain(server, instance, root, promote=not args.no_promote, left=left)
+    except ServerError as err:
+        print(f"error: {err}", file=sys.stderr)
+        code = 1
     finally:
         server.stop()
     if code:

@@ -5,14 +5,15 @@
 #              https://download.pytorch.org/whl/cu128" for CUDA). M2M_EXTRAS adds extras, e.g.
 #              M2M_EXTRAS=standard for the paper's Inception/CLIP metrics (pyproject.toml says what to
 #              put in M2M_TORCH_SPEC with it: the torchvision built for that torch).
-#   .venv-dvc  DVC alone: its hydra-core pins antlr4 4.9, Dagster's asset selections need 4.13.
+#   .venv-dvc  DVC alone (with its S3 remote support): its hydra-core pins antlr4 4.9, Dagster's asset
+#              selections need 4.13.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PYTHON="${PYTHON:-python3}"
 TORCH_SPEC="${M2M_TORCH_SPEC:-torch==2.13.0}"
 EXTRAS="pipeline,dev${M2M_EXTRAS:+,$M2M_EXTRAS}"
-DVC_SPEC="dvc==3.67.1"
+DVC_SPEC="dvc[s3]==3.67.1"
 stamp() { { cat pyproject.toml; echo "$TORCH_SPEC"; echo "$EXTRAS"; } | sha256sum | cut -d' ' -f1; }
 
 if [ ! -x .venv/bin/python ]; then

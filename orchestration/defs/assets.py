@@ -10,6 +10,7 @@ from pathlib import Path
 
 import dagster as dg
 
+from orchestration.defs.executor import GPU_QUEUE
 from orchestration.defs.resources import ComputeResource, DvcResource, MlflowResource
 from orchestration.materialize.stage import materialize_stage
 from orchestration.project import project_root
@@ -20,6 +21,9 @@ RAW_CAPTIONS_PARAM = "captions.input"
 # On Kubernetes (dagster-k8s run launcher or k8s_job_executor) a step of the `gpu` pool asks for a
 # GPU; other executors ignore the tag. docs/scale-out.md.
 GPU_POD = {"dagster-k8s/config": {"container_config": {"resources": {"limits": {"nvidia.com/gpu": "1"}}}}}
+# Under the Celery executor a step of the `gpu` pool goes to the queue the GPU workers serve
+# (orchestration/defs/executor.py); other executors ignore the tag.
+GPU_STEP_TAGS = {**GPU_POD, "dagster-celery/queue": GPU_QUEUE}
 
 
 @dg.asset(
@@ -67,7 +71,7 @@ def stage_asset(group: StageGroup, upstream: list[str]) -> dg.AssetsDefinition:
         kinds=set(meta.get("kinds", [])) | {"dvc"},
         owners=meta.get("owners"),
         pool=meta.get("pool"),
-        op_tags=GPU_POD if meta.get("pool") == "gpu" else None,
+        op_tags=GPU_STEP_TAGS if meta.get("pool") == "gpu" else None,
         deps=upstream,
         partitions_def=dg.StaticPartitionsDefinition(group.items) if group.partitioned else None,
         code_version=group.code_version(),

@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import os
 import shlex
+import socket
 
 import dagster as dg
 
@@ -115,7 +116,11 @@ def materialize_stage(context: dg.AssetExecutionContext, asset: str, dvc, comput
                 with dg.raise_execution_interrupts(), device_lease(stage, context, compute, root) as lease:
                     env = {**compute.env(), **(lease.env() if lease else {}), **mlflow_runs.live_env(live_run_id)}
                     if lease:
-                        context.log.info(f"{stage.name}: on {lease.devices.names(lease.indices)}")
+                        names = lease.devices.names(lease.indices)
+                        visible = env.get("CUDA_VISIBLE_DEVICES")
+                        context.log.info(f"{stage.name}: on {names} of {socket.gethostname()}"
+                                         + (f" (CUDA_VISIBLE_DEVICES={visible})" if visible is not None else ""))
+                        mlflow_runs.record_placement(live_run_id, names, env)
                     for cmd in stage.cmds:
                         run_command(cmd, root, env, context.log, pass_fds=tuple(lease.fds) if lease else (),
                                     affinity=lease.affinity() if lease else None)

@@ -8,6 +8,7 @@ changes nothing in MLflow either.
 from __future__ import annotations
 
 import json
+import socket
 from pathlib import Path
 
 import dagster as dg
@@ -98,6 +99,20 @@ def start_live_run(stage: Stage, root: Path, dagster_run_id: str) -> str | None:
     tags = {k: v for k, v in run_tags(stage, root, "", dagster_run_id).items() if k != "dvc.md5"}
     tags["mlflow.runName"] = stage.asset
     return MlflowClient().create_run(tracking.experiment_id(TRAINING_EXPERIMENT), tags=tags).info.run_id
+
+
+def record_placement(run_id: str | None, devices: str, env: dict[str, str]) -> None:
+    """Where the stage's command computes, on its live run: the machine (``m2m.host``), the leased devices
+    (``m2m.devices``) and the GPUs its ``CUDA_VISIBLE_DEVICES`` names (a Celery worker's own GPU)."""
+    from mlflow.tracking import MlflowClient
+
+    if run_id is None:
+        return
+    client = MlflowClient()
+    client.set_tag(run_id, "m2m.host", socket.gethostname())
+    client.set_tag(run_id, "m2m.devices", devices)
+    if env.get("CUDA_VISIBLE_DEVICES") is not None:
+        client.set_tag(run_id, "m2m.cuda_visible_devices", env["CUDA_VISIBLE_DEVICES"])
 
 
 def live_env(run_id: str | None) -> dict[str, str]:

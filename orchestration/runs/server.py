@@ -80,12 +80,16 @@ class DagsterServer:
         return f"http://127.0.0.1:{self.port}"
 
     def graphql(self, query: str, variables: dict | None = None, timeout: float = 60) -> dict:
+        import urllib.error
         import urllib.request
 
         body = json.dumps({"query": query, "variables": variables or {}}).encode()
         request = urllib.request.Request(f"{self.url}/graphql", data=body, headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            reply = json.loads(response.read().decode())
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as response:
+                reply = json.loads(response.read().decode())
+        except urllib.error.HTTPError as err:
+            raise ServerError(f"the Dagster webserver answered {err.code} {err.reason}; its log: {self.log_path}") from None
         if reply.get("errors"):
             raise ServerError(f"GraphQL: {reply['errors'][0].get('message', reply['errors'][0])}")
         return reply["data"]

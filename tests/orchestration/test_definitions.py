@@ -46,8 +46,9 @@ def test_every_asset_has_a_description_group_owner_and_the_heavy_ones_the_gpu_po
         gpu = json.loads(tags["dagster-k8s/config"]) if "dagster-k8s/config" in tags else None
         if name in heavy:
             assert gpu["container_config"]["resources"]["limits"] == {"nvidia.com/gpu": "1"}, name
+            assert tags["dagster-celery/queue"] == "gpu", name
         else:
-            assert gpu is None, name
+            assert gpu is None and "dagster-celery/queue" not in tags, name
 
 
 def test_jobs_sensor_checks_and_resources_are_defined():
