@@ -33,6 +33,12 @@ def executor_context(config: Mapping) -> K8sContainerContext:
     )
 
 
+def executor_config(definitions: dg.Definitions, job: str = "train_and_evaluate") -> dict:
+    """The ``k8s_job_executor`` config of ``definitions`` as Dagster processes it (the file and the
+    defaults). Every job shares the executor; ``job`` is one that needs no run config of its own."""
+    return dg.validate_run_config(definitions.resolve_job_def(job), {})["execution"]["k8s"]
+
+
 def run_job(launcher: K8sRunLauncher, job: dg.JobDefinition, run_id: str = "0" * 8) -> kubernetes.client.V1Job:
     """The Job of a run of ``job``: its pod is the run worker, configured by the launcher and the
     job's run tags."""
@@ -54,7 +60,7 @@ def step_job(
     launcher: K8sRunLauncher, executor_config: Mapping, job: dg.JobDefinition, step: str, run_id: str = "0" * 8
 ) -> kubernetes.client.V1Job:
     """The Job of step ``step`` (an op of ``job``) under the ``k8s_job_executor`` configured by
-    ``executor_config`` (processed: ``dg.validate_run_config(job)["execution"]["k8s"]``)."""
+    ``executor_config`` (processed, as :func:`executor_config` gives it)."""
     run = dg.DagsterRun(job_name=job.name, run_id=run_id, tags=dict(job.tags))
     op_tags = job.graph.node_named(step).tags
     per_step = UserDefinedDagsterK8sConfig.from_dict(executor_config.get("per_step_k8s_config", {}).get(step, {}))

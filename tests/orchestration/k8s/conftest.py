@@ -8,6 +8,7 @@ import dagster as dg
 import pytest
 import yaml
 
+from orchestration.k8s import pods
 from orchestration.k8s.definitions import defs
 from orchestration.project import REPO
 
@@ -52,7 +53,5 @@ def k8s_defs() -> dg.Definitions:
 
 @pytest.fixture(scope="module")
 def executor_config(k8s_defs) -> dict:
-    """The k8s_job_executor's config as Dagster processes it (deploy/k8s/executor.yaml and the
-    defaults); every job shares the executor (test_definitions.py), so one job that needs no run
-    config of its own gives it."""
-    return dg.validate_run_config(k8s_defs.resolve_job_def("train_and_evaluate"), {})["execution"]["k8s"]
+    """deploy/k8s/executor.yaml as Dagster processes it."""
+    return pods.executor_config(k8s_defs)
