@@ -17,6 +17,8 @@ from dagster_k8s import K8sRunLauncher, construct_dagster_k8s_job
 from dagster_k8s.container_context import K8sContainerContext
 from dagster_k8s.job import UserDefinedDagsterK8sConfig, get_k8s_job_name, get_user_defined_k8s_config
 
+from orchestration.defs.jobs import TRAIN_JOB
+
 # The executor's settings that describe a pod, under the names K8sContainerContext gives them.
 EXECUTOR_CONTEXT_FIELDS = (
     "image_pull_policy", "image_pull_secrets", "service_account_name", "env_config_maps", "env_secrets",
@@ -33,7 +35,7 @@ def executor_context(config: Mapping) -> K8sContainerContext:
     )
 
 
-def executor_config(definitions: dg.Definitions, job: str = "train_and_evaluate") -> dict:
+def executor_config(definitions: dg.Definitions, job: str = TRAIN_JOB) -> dict:
     """The ``k8s_job_executor`` config of ``definitions`` as Dagster processes it (the file and the
     defaults). Every job shares the executor; ``job`` is one that needs no run config of its own."""
     return dg.validate_run_config(definitions.resolve_job_def(job), {})["execution"]["k8s"]
