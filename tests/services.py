@@ -27,6 +27,7 @@ import pytest
 from orchestration.runs.server import free_port
 
 HOST = "127.0.0.1"
+STARTED: list["Service"] = []  # every service started in this process, for checks on what they bind
 S3_KEYS = {"AWS_ACCESS_KEY_ID": "m2m-test", "AWS_SECRET_ACCESS_KEY": "m2m-test-secret", "AWS_DEFAULT_REGION": "us-east-1"}
 
 
@@ -63,6 +64,20 @@ class Service:
     proc: subprocess.Popen
     log: Path
 
+    def listening_on(self) -> set[str]:
+        """The addresses the service (its process and their children) listens on."""
+        import psutil
+
+        root = psutil.Process(self.proc.pid)
+        found = set()
+        for proc in [root, *root.children(recursive=True)]:
+            try:
+                connections = proc.net_connections(kind="inet")
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                continue
+            found |= {conn.laddr.ip for conn in connections if conn.status == psutil.CONN_LISTEN}
+        return found
+
     def stop(self) -> None:
         if self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGTERM)
@@ -81,7 +96,9 @@ def start(name: str, argv: list[str], folder: Path, env: dict | None = None, use
     with open(log, "wb") as out:
         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
                                 cwd=cwd, start_new_session=True)
-    return Service(name, proc, log)
+    service = Service(name, proc, log)
+    STARTED.append(service)
+    return service
 
 
 @contextmanager

@@ -48,6 +48,7 @@ class Team:
     b_output: str = ""
     a_snapshot: dict = field(default_factory=dict)  # the MLflow server after each main command
     b_snapshot: dict = field(default_factory=dict)
+    listening: dict[str, set[str]] = field(default_factory=dict)  # each service's listening addresses
 
 
 def command_env(team: Team, root: Path, **extra: str) -> dict[str, str]:
@@ -135,10 +136,13 @@ def team(tmp_path_factory):
         s3 = stack.enter_context(services.s3(folder / "s3", (BUCKET,)))
         mlflow_url = stack.enter_context(services.mlflow_server(
             folder / "mlflow", pg.url("mlflow"), f"s3://{BUCKET}/mlflow", s3.env()))
+        listening = {service.name: service.listening_on() for service in services.STARTED
+                     if service.proc.poll() is None}
         home = folder / "dagster-home"
         shutil.copy(REPO / "deploy" / "team" / "dagster.yaml", home / "dagster.yaml")
         team = Team(folder, s3, mlflow_url, {"DAGSTER_HOME": str(home), "MLFLOW_TRACKING_URI": mlflow_url,
                                              "M2M_DAGSTER_POSTGRES_URL": pg.url("dagster")})
+        team.listening = listening
 
         # Clone A: the chain, its steps on the workers; its data pushed to the team's S3 remote.
         team.a = make_project(folder / "a")
@@ -230,7 +234,7 @@ def test_clone_b_pulls_the_data_from_s3_and_reproduces_the_heavy_steps_byte_for_
     # The same heavy steps on this machine, outside Dagster and Celery, with the thread count a worker's
     # step had (the CPU split in two): the same bytes as the workers'.
     before = weights(team.b)
-    stages = ["generate_mis_shards@000000", "m2m_self_pretrained", "m2m_dino_pretrained"]
+    stages = ["mis_shards@000000", "m2m_self_pretrained", "m2m_dino_pretrained"]
     for stage in stages:
         dvc(team, team.b, "repro", "--force", "--single-item", stage, threads="1")
     assert weights(team.b) == before
@@ -246,6 +250,12 @@ def test_mlflow_runs_and_aliases_are_the_same_from_both_clones_and_artifacts_are
     # The clients had no S3 keys: their artifacts reached S3 through the MLflow server.
     stored = team.s3.keys(BUCKET, "mlflow/")
     assert any(key.endswith(".safetensors") for key in stored) and any(key.endswith(".png") for key in stored)
+
+
+def test_every_service_listens_on_127_0_0_1_only(team):
+    assert set(team.listening) >= {"redis", "postgres", "s3", "mlflow"}
+    for name, addresses in team.listening.items():
+        assert addresses and addresses <= {services.HOST}, (name, addresses)
 
 
 def test_the_deployment_instance_settings_are_the_projects_own():
