@@ -78,6 +78,7 @@ def measure(variant: str, option: str, mis: Path, args, out: Path) -> dict:
     """Time ``args.steps`` optimizer steps of the real loop after ``args.warmup`` untimed ones."""
     from m2m.training.config import TrainConfig
     from m2m.training.loop import end_step, flops_per_image, micro_step, start_run
+    from m2m.training.noise import noise_generator
 
     config = TrainConfig(
         out=out / f"{variant}-{option.replace(' ', '_').replace('.', '_')}", variant=variant, data=mis,
@@ -99,11 +100,12 @@ def measure(variant: str, option: str, mis: Path, args, out: Path) -> dict:
     for index in range(args.warmup + args.steps):
         start = time.perf_counter()
         batch, context = next(batches), None
+        generator = noise_generator(config.seed, index, 0, run.accelerator.device)  # one process, one slot
         loaded = time.perf_counter()
         if run.use.flops_per_image is None:  # counted on the first batch, as the loop does (untimed)
-            run.use.flops_per_image, context = flops_per_image(run, batch)
+            run.use.flops_per_image, context = flops_per_image(run, batch, generator)
             loaded = time.perf_counter()
-        loss, _ = micro_step(run, batch, context)
+        loss, _ = micro_step(run, batch, generator, context)
         end_step(run, [loss])
         done = time.perf_counter()
         if option == "torch.compile" and index == 0:

@@ -47,7 +47,9 @@ sets per forward pass and accumulates gradients over the rest.
 
 One process: `m2m train ...`. N GPUs: `m2m train --num-processes N ...` starts N data-parallel workers
 itself (`accelerate launch --multi_gpu --num_processes N -m m2m train ...`; on a machine without a GPU
-they train on the CPU over gloo).
+they train on the CPU over gloo). M machines: the same command on each, with --num-machines M,
+--machine-rank, --main-process-ip and --main-process-port (or their M2M_* variables); --num-processes
+is then the total over all machines.
 
 Writes --out (the pipeline folder, train_metrics.json, loss.csv, samples.png) only when training is
 done, replacing any earlier model there as a whole. Checkpoints go to <out>.ckpt/ (--checkpoint-dir);
@@ -128,6 +130,25 @@ def register(subparsers) -> argparse.ArgumentParser:
         "--num-processes", type=int, default=1,
         help="data-parallel training processes (GPUs); > 1 starts them under accelerate launch (default 1)",
     )
+    machines = p.add_argument_group(
+        "several machines",
+        "each defaults to its M2M_* environment variable, so every machine runs the same command "
+        "(docs/training.md, \"Several machines\")",
+    )
+    machines.add_argument(
+        "--num-machines", type=int, help="machines of the training ($M2M_NUM_MACHINES; default 1); "
+        "--num-processes is the total over all of them",
+    )
+    machines.add_argument("--machine-rank", type=int, help="this machine, 0 the main one ($M2M_MACHINE_RANK)")
+    machines.add_argument("--main-process-ip", help="address of machine 0 ($M2M_MAIN_PROCESS_IP)")
+    machines.add_argument(
+        "--main-process-port", type=int, help="port machine 0 listens on ($M2M_MAIN_PROCESS_PORT; one machine: any free one)"
+    )
+    machines.add_argument(
+        "--save-on-each-node", action=BooleanFlag, default=d.save_on_each_node,
+        help="each machine writes whole checkpoints to its own --checkpoint-dir, for machines that share no "
+        "folder ($M2M_SAVE_ON_EACH_NODE; default false: one shared folder, written by the main process)",
+    )
     p.add_argument("--num-workers", type=int, default=d.num_workers, help="data loading processes")
     p.add_argument("--sample-steps", type=int, default=d.sample_steps, help="DDIM steps for samples.png")
     p.add_argument("--sd-folder", type=Path, default=d.sd_folder, help="local SD-2.1-base folder (sd21)")
@@ -141,8 +162,12 @@ def run(args: argparse.Namespace) -> int:
 
     from m2m.training import launch
 
-    if launch.is_launcher(args.num_processes):
-        return launch.run_workers(args.argv, args.num_processes, None if args.mixed_precision == AUTO else args.mixed_precision)
+    machines = launch.Machines.from_flags(
+        **{field: getattr(args, field) for field in launch.MACHINES_ENV}
+    )
+    if launch.is_launcher(args.num_processes, machines):
+        precision = None if args.mixed_precision == AUTO else args.mixed_precision
+        return launch.run_workers(args.argv, args.num_processes, precision, machines)
     from m2m.training.loop import train
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")

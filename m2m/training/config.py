@@ -12,6 +12,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from m2m.cli.flags import FALSE, TRUE
 from m2m.models import presets
 from m2m.models.context import context_encoder_names
 
@@ -34,6 +35,17 @@ TIMESTEP_SAMPLING = ("uniform", "logit-normal")
 # 3e-4 reached 0.21, 1e-3 0.18 and 3e-3 0.17 after a rougher start: 1e-3 is fast and safe. At that constant
 # lr the weights keep jumping: an EMA over the last ~200 steps (decay 0.995) gave M2M-DINO 0.45 held-out
 # consistency after 1,000 steps against 0.41 without (benchmarks/RESULTS.md). The paper reports no EMA.
+SAVE_ON_EACH_NODE_ENV = "M2M_SAVE_ON_EACH_NODE"
+
+
+def _env_bool(name: str) -> bool:
+    """A boolean environment variable in the forms the command line takes (unset: False)."""
+    value = os.environ.get(name, "false").strip().lower()
+    if value not in TRUE + FALSE:
+        raise ValueError(f"${name}: expected true or false, got {os.environ[name]!r}")
+    return value in TRUE
+
+
 PRESET_DEFAULTS = {
     "tiny": dict(lr=1e-3, batch_size=8, checkpoint_every=100, ema=True, ema_decay=0.995),
     "sd21": dict(lr=1e-5, batch_size=256, checkpoint_every=500, ema=False, ema_decay=0.9999),
@@ -73,6 +85,9 @@ class TrainConfig:
     ema_decay: float | None = None
     checkpoint_every: int | None = None  # 0: no checkpoints
     checkpoint_dir: Path | None = None  # None: "<out>.ckpt"
+    # True: every machine writes whole checkpoints to its own --checkpoint-dir (machines that share no folder);
+    # False: one folder all machines share, written by the main process; None: $M2M_SAVE_ON_EACH_NODE, else False
+    save_on_each_node: bool | None = None
     keep_checkpoints: int = 2
     resume: bool | str = False  # True: the latest checkpoint; "auto": the latest made with these settings
     max_skipped: float = 0.01  # share of unreadable sets read before training fails
@@ -103,6 +118,8 @@ class TrainConfig:
         config = dataclasses.replace(self, **filled)
         if config.mixed_precision is None:
             config.mixed_precision = os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
+        if config.save_on_each_node is None:
+            config.save_on_each_node = _env_bool(SAVE_ON_EACH_NODE_ENV)
         if config.micro_batch_size is None:
             config.micro_batch_size = max(1, config.batch_size // num_processes)
         config._check(num_processes)

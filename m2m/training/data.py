@@ -69,12 +69,24 @@ class TaskBatches:
             yield batch
 
     def state_dict(self) -> dict:
-        return {"batches": self.batches, "seed": self.seed}
+        """This process's batches and ``items``, the position in the item stream of all processes together."""
+        return {"batches": self.batches, "items": self.batches * self.world_size * self.batch_size, "seed": self.seed}
 
     def load_state_dict(self, state: dict) -> None:
+        """Continue at ``items`` (from a checkpoint of any number of processes and batch split), or at
+        ``batches`` of a position saved before ``items`` was."""
         if state.get("seed") != self.seed:
             raise ValueError(f"task data position: made with seed {state.get('seed')}, this run has {self.seed}")
-        self.batches = int(state["batches"])
+        if "items" not in state:
+            self.batches = int(state["batches"])
+            return
+        per_round = self.world_size * self.batch_size
+        if int(state["items"]) % per_round:
+            raise ValueError(
+                f"task data position: {state['items']} items read, not a whole number of rounds of "
+                f"{self.world_size} processes x {self.batch_size} items"
+            )
+        self.batches = int(state["items"]) // per_round
 
 
 class Endless:

@@ -20,7 +20,7 @@ import torch
 from accelerate.logging import get_logger
 
 from m2m.files import atomic_folder
-from m2m.training import checkpoint, flops
+from m2m.training import checkpoint, flops, noise
 from m2m.training.config import TrainConfig
 from m2m.training.data import check_mis, data_digest, heldout_sets, stored_encodings, training_data
 from m2m.training.metrics import train_metrics
@@ -30,7 +30,8 @@ from m2m.weights import verify_safetensors
 
 logger = get_logger(__name__)
 
-# Settings a resumed run must share with its checkpoint (others, such as --steps, may change).
+# Settings a resumed run must share with its checkpoint (others, such as --steps, may change; so may the
+# batch's split over processes and micro-batches, checkpoint.SPLIT_SETTINGS).
 RESUME_SETTINGS = (
     "preset", "variant", "init", "task", "data", "task_data", "task_sample", "n_images", "batch_size",
     "micro_batch_size", "lr", "lr_schedule", "lr_warmup_steps", "snr_gamma", "timestep_sampling", "weight_decay",
@@ -148,7 +149,6 @@ class Run:
     heldout: tuple | None
     stored: tuple[str, ...]
     total: int
-    noise: torch.Generator
     settings: dict
     progress: Progress
     use: flops.Utilisation
@@ -161,19 +161,25 @@ class Run:
 def start_run(config: TrainConfig) -> Run:
     """Check the settings and data, build the model, optimizer and data stream, resume if asked."""
     from accelerate import Accelerator
-    from accelerate.utils import set_seed
+    from accelerate.utils import ProjectConfiguration, set_seed
     from diffusers import DDPMScheduler
     from diffusers.optimization import get_scheduler
     from diffusers.training_utils import EMAModel
 
-    precision = config.resolved().mixed_precision  # bad settings fail before anything starts
+    checked = config.resolved()  # bad settings fail before anything starts
+    precision = checked.mixed_precision
     check_model_folder(config.out)
     if precision == "fp16" and not torch.cuda.is_available():
         raise ValueError("--mixed-precision fp16: needs a GPU; use bf16 on a CPU")
-    accelerator = Accelerator(mixed_precision=precision, log_with=live_tracker())
+    accelerator = Accelerator(
+        mixed_precision=precision, log_with=live_tracker(),
+        project_config=ProjectConfiguration(save_on_each_node=checked.save_on_each_node),
+    )
     cfg = config.resolved(accelerator.num_processes)
     accelerator.gradient_accumulation_steps = cfg.accumulation_steps(accelerator.num_processes)
     device, rank = accelerator.device, accelerator.process_index
+    if cfg.checkpoint_every or cfg.resume:
+        checkpoint.check_layout(accelerator, cfg.checkpoints)  # a wrong layout fails here, not mid-checkpoint
 
     if cfg.task is None and accelerator.is_main_process:
         check_mis(cfg)  # every shard as the manifest recorded it, sets of at least N images
@@ -200,14 +206,13 @@ def start_run(config: TrainConfig) -> Run:
         num_training_steps=total * accelerator.num_processes,
     )
     prepared, optimizer, lr_scheduler = accelerator.prepare(unet, optimizer, schedule)
-    noise = torch.Generator(device).manual_seed(cfg.seed * 10_000 + rank)
 
     settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(cfg).items() if k in RESUME_SETTINGS}
     settings["num_processes"] = accelerator.num_processes
     settings["data_digest"] = data_digest(cfg)
     if cfg.lr_schedule == "cosine":  # the decay is laid over --steps
         settings["steps"] = total
-    progress = resume(cfg, accelerator, settings, data, noise, ema, param_names)
+    progress = resume(cfg, accelerator, settings, data, lr_scheduler, ema, param_names)
     progress.continue_in(precision)
     if progress.step > total:
         logger.info(f"the checkpoint is at step {progress.step}, past --steps {total}: nothing to train")
@@ -215,7 +220,7 @@ def start_run(config: TrainConfig) -> Run:
     use = flops.Utilisation(flops.matmul_peak(device, dtype), accelerator.num_processes)
     run = Run(
         cfg, accelerator, pipe, prepared, optimizer, lr_scheduler, DDPMScheduler.from_config(pipe.scheduler.config),
-        ema, param_names, data, epoch_steps, heldout, stored, total, noise, settings, progress, use,
+        ema, param_names, data, epoch_steps, heldout, stored, total, settings, progress, use,
     )
     if accelerator.log_with:  # settings as params; the loss, lr and speed below as they happen
         if os.environ.get("MLFLOW_TRACKING_URI"):  # the store named here, also where mlflow was set up before
@@ -256,16 +261,18 @@ def eq5(run: Run, images, conditions, context, generator: torch.Generator, unet=
     )
 
 
-def micro_step(run: Run, batch: dict, context: tuple | None = None) -> tuple[torch.Tensor, float]:
-    """Eq. 5 on one micro-batch, backward, and (when the accumulation is complete) the optimizer step;
-    returns the loss and the learning rate the step used. ``context``: the batch's clean context when it
-    was already encoded (``flops_per_image``)."""
+def micro_step(
+    run: Run, batch: dict, generator: torch.Generator, context: tuple | None = None
+) -> tuple[torch.Tensor, float]:
+    """Eq. 5 on one micro-batch with its draws from ``generator`` (``m2m.training.noise``), backward, and
+    (when the accumulation is complete) the optimizer step; returns the loss and the learning rate the step
+    used. ``context``: the batch's clean context when it was already encoded (``flops_per_image``)."""
     cfg, accelerator = run.cfg, run.accelerator
     images, conditions = inputs(run, batch)
     with accelerator.accumulate(run.prepared):
         if context is None:
             context = encode(run, batch, images)
-        loss = eq5(run, images, conditions, context, run.noise, unet=run.prepared)
+        loss = eq5(run, images, conditions, context, generator, unet=run.prepared)
         accelerator.backward(loss)
         if accelerator.sync_gradients:
             accelerator.clip_grad_norm_(run.prepared.parameters(), cfg.max_grad_norm)
@@ -276,14 +283,15 @@ def micro_step(run: Run, batch: dict, context: tuple | None = None) -> tuple[tor
     return loss.detach(), step_lr
 
 
-def flops_per_image(run: Run, batch: dict) -> tuple[float, tuple]:
+def flops_per_image(run: Run, batch: dict, generator: torch.Generator) -> tuple[float, tuple]:
     """The model FLOPs of eq. 5 per trained image, counted on ``batch`` by a forward pass (the frozen encoders
     once, the UNet three times: its backward costs about twice its forward), and the batch's clean context,
-    which the step then uses rather than encoding the batch again. The run's random streams and weights are
-    left as they were (the encoders draw nothing), so the counted run trains exactly as an uncounted one."""
+    which the step then uses rather than encoding the batch again. The step's ``generator`` and the run's random
+    streams and weights are left as they were (the encoders draw nothing), so the counted run trains exactly
+    as an uncounted one."""
     device = run.accelerator.device
     images, conditions = inputs(run, batch)
-    noise = torch.Generator(device).set_state(run.noise.get_state())
+    draws = torch.Generator(device).set_state(generator.get_state())
     devices = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         with flops.counting() as counter:
@@ -292,7 +300,7 @@ def flops_per_image(run: Run, batch: dict) -> tuple[float, tuple]:
         # in the weights' own precision, without autocast: the count does not depend on it, and a bf16
         # forward on a CPU without bf16 units costs seconds
         with flops.counting() as counter, torch.no_grad():
-            eq5(run, images, conditions, context, noise)
+            eq5(run, images, conditions, context, draws)
     z0 = context[0]  # (B, N, C, h, w): the images of the micro-batch
     return (encoders + 3 * counter.get_total_flops()) / (z0.shape[0] * z0.shape[1]), context
 
@@ -318,7 +326,7 @@ def save(run: Run, run_s: float) -> None:
         "settings": run.settings, "precision": progress.precision,
     }
     saved = checkpoint.save_checkpoint(
-        run.accelerator, cfg.checkpoints, progress.step, state, run.data.state_dict(), run.noise, run.ema,
+        run.accelerator, cfg.checkpoints, progress.step, state, run.data.state_dict(), run.ema,
         run.param_names, cfg.keep_checkpoints,
     )
     logger.info(f"checkpoint: {saved}")
@@ -338,9 +346,11 @@ def steps(run: Run) -> None:
         micro_losses, log_from, batches = [], progress.step, iter(run.data)
         while progress.step < total:
             batch, context = next(batches), None
+            slot = noise.slot(len(micro_losses), accelerator.process_index, accelerator.num_processes)
+            generator = noise.noise_generator(cfg.seed, progress.step, slot, accelerator.device)
             if run.use.flops_per_image is None:
-                run.use.flops_per_image, context = flops_per_image(run, batch)
-            loss, step_lr = micro_step(run, batch, context)
+                run.use.flops_per_image, context = flops_per_image(run, batch, generator)
+            loss, step_lr = micro_step(run, batch, generator, context)
             micro_losses.append(loss)
             if not accelerator.sync_gradients:  # accumulating: the optimizer step comes later
                 continue

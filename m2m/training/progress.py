@@ -35,14 +35,27 @@ class Progress:
             self.precision.append([self.step, precision])
 
 
-def resumable(cfg: TrainConfig, settings: dict) -> Path | None:
-    """The checkpoint to resume from. ``--resume``: the latest (its settings must match, else an
-    error); ``--resume auto``: the newest whole checkpoint made with these settings and data, else none."""
+def resumable(cfg: TrainConfig, accelerator, settings: dict) -> Path | None:
+    """The checkpoint to resume from, among those whole for every process (each machine's copy with
+    ``--save-on-each-node``). ``--resume``: the latest (its settings must match, else an error);
+    ``--resume auto``: the newest whole checkpoint made with these settings and data, else none."""
     if not cfg.resume:
         return None
+    seen = checkpoint.steps_seen(accelerator, cfg.checkpoints)
+    common = sorted(set(seen[0]).intersection(*seen[1:]))
+    if not common and any(seen):
+        newest = max(step for steps in seen for step in steps)
+        has = next(rank for rank, steps in enumerate(seen) if newest in steps)
+        lacks = next(rank for rank, steps in enumerate(seen) if newest not in steps)
+        raise ValueError(
+            f"--resume: process {has} sees {checkpoint.checkpoint_name(newest)} in {cfg.checkpoints} and process "
+            f"{lacks} does not, and no checkpoint is whole for all; give the machines one shared folder, or "
+            "with --save-on-each-node each machine its own copy"
+        )
+    folders = [cfg.checkpoints / checkpoint.checkpoint_name(step) for step in common]
     if cfg.resume != "auto":
-        return checkpoint.latest_checkpoint(cfg.checkpoints)
-    for folder in reversed(checkpoint.list_checkpoints(cfg.checkpoints)):
+        return folders[-1] if folders else None
+    for folder in reversed(folders):
         try:
             verify_safetensors(folder)
             saved = checkpoint.read_trainer_state(folder)["settings"]
@@ -57,14 +70,16 @@ def resumable(cfg: TrainConfig, settings: dict) -> Path | None:
     return None
 
 
-def resume(cfg: TrainConfig, accelerator, settings: dict, data, noise, ema, param_names) -> Progress:
-    """Restore the checkpoint ``--resume`` picks; else a fresh start."""
-    latest = resumable(cfg, settings)
+def resume(cfg: TrainConfig, accelerator, settings: dict, data, lr_scheduler, ema, param_names) -> Progress:
+    """Restore the checkpoint ``--resume`` picks; else a fresh start. A checkpoint of another number of
+    processes continues at its step: the same model, optimizer, lr schedule and EMA, and the data stream
+    at the position after that step (``step x --batch-size`` sets into the run)."""
+    latest = resumable(cfg, accelerator, settings)
     if latest is None:
         if cfg.resume:
             logger.info(f"--resume: no checkpoint in {cfg.checkpoints}; starting at step 0")
         stale = checkpoint.list_checkpoints(cfg.checkpoints) if cfg.checkpoint_every else []
-        if stale and accelerator.is_main_process:  # they would pose as this run's history in a later --resume
+        if stale and checkpoint.writes(accelerator):  # they would pose as this run's history in a later --resume
             logger.warning(f"starting afresh: removing {len(stale)} earlier checkpoints in {cfg.checkpoints}")
             for folder in stale:
                 shutil.rmtree(folder)
@@ -72,7 +87,14 @@ def resume(cfg: TrainConfig, accelerator, settings: dict, data, noise, ema, para
         return Progress()
     saved = checkpoint.read_trainer_state(latest)
     checkpoint.check_settings(latest, saved["settings"], settings)
-    data.load_state_dict(checkpoint.load_checkpoint(accelerator, latest, noise, ema, param_names))
+    made_by = saved["settings"].get("num_processes", 1)
+    data.load_state_dict(checkpoint.load_checkpoint(accelerator, latest, made_by, ema, param_names))
+    # Accelerate counts micro-batches to know when an accumulation is complete, and load_state restores the
+    # count of the run that saved; this run's count at that step is its own accumulation times the step
+    accelerator.step = saved["step"] * accelerator.gradient_accumulation_steps
+    if made_by != accelerator.num_processes:
+        checkpoint.rescale_schedule(lr_scheduler, saved["step"], accelerator.num_processes)
+        logger.info(f"{latest} was made by {made_by} processes; continuing on {accelerator.num_processes}")
     logger.info(f"resumed from {latest} at step {saved['step']}")
     return Progress(
         saved["step"], saved["losses"], saved["elapsed_s"], saved["train_s"], saved["step"], saved.get("precision", [])

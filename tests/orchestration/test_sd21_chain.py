@@ -78,9 +78,9 @@ def test_training_ran_in_two_processes_with_the_presets_settings(sd21_chain):
         assert metrics["micro_batch_size"] == 1 and metrics["gradient_accumulation"] == 2, model
         assert metrics["mixed_precision"] == "bf16" and metrics["gradient_checkpointing"] is True, model
         assert metrics["ema"] is False and metrics["preset"] == "sd21", model
-        # each rank checkpoints its own data position, noise stream and random states (resume per process)
+        # each rank checkpoints its own data position and random states (resume per process)
         checkpoint = max((sd21_chain.root / "assets" / "models" / f"{model}.ckpt").glob("checkpoint-*"))
-        per_process = {"data_0.json", "data_1.json", "noise_0.safetensors", "noise_1.safetensors"}
+        per_process = {"data_0.json", "data_1.json", "random_states_0.pkl", "random_states_1.pkl"}
         assert per_process <= {p.name for p in checkpoint.iterdir()}, model
     stored = {m: json.loads((sd21_chain.root / f"assets/models/{m}/train_metrics.json").read_text())["stored_encodings"]
               for m in ("m2m-self", "m2m-dino")}

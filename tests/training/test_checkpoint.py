@@ -25,7 +25,7 @@ def fresh_accelerate_state():
 
 @pytest.fixture
 def run():
-    """A small model trained one step through Accelerate, with EMA and a noise generator."""
+    """A small model trained one step through Accelerate, with EMA."""
     torch.manual_seed(0)
     accelerator = Accelerator()
     model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.SiLU(), torch.nn.Linear(8, 4))
@@ -38,8 +38,7 @@ def run():
     scheduler.step()
     optimizer.zero_grad()
     ema.step(model.parameters())
-    noise = torch.Generator().manual_seed(7)
-    return dict(accelerator=accelerator, model=model, optimizer=optimizer, ema=ema, names=names, noise=noise)
+    return dict(accelerator=accelerator, model=model, optimizer=optimizer, ema=ema, names=names)
 
 
 def snapshot(r) -> dict:
@@ -48,7 +47,6 @@ def snapshot(r) -> dict:
         "exp_avg": [s["exp_avg"].clone() for s in r["optimizer"].state_dict()["state"].values()],
         "ema": [p.clone() for p in r["ema"].shadow_params],
         "ema_step": r["ema"].optimization_step,
-        "noise": r["noise"].get_state().clone(),
         "torch": torch.rand(3),
         "numpy": np.random.rand(3),
         "python": random.random(),
@@ -58,11 +56,11 @@ def snapshot(r) -> dict:
 def save(r, root, step, keep=2):
     state = {"losses": [1.0] * step, "elapsed_s": 1.0, "train_s": 0.5, "settings": {"lr": 1e-2}}
     return checkpoint.save_checkpoint(
-        r["accelerator"], root, step, state, {"batches": step}, r["noise"], r["ema"], r["names"], keep
+        r["accelerator"], root, step, state, {"batches": step}, r["ema"], r["names"], keep
     )
 
 
-def test_restores_model_optimizer_ema_noise_and_rngs(run, tmp_path):
+def test_restores_model_optimizer_ema_and_rngs(run, tmp_path):
     folder = save(run, tmp_path, 1)
     before = snapshot(run)  # draws the RNGs once after saving; the restored RNGs must draw the same
     with torch.no_grad():
@@ -72,15 +70,13 @@ def test_restores_model_optimizer_ema_noise_and_rngs(run, tmp_path):
             p.zero_()
     run["optimizer"].state_dict()["state"][0]["exp_avg"].add_(1.0)
     run["ema"].optimization_step = 99
-    run["noise"].manual_seed(123)
 
-    data_state = checkpoint.load_checkpoint(run["accelerator"], folder, run["noise"], run["ema"], run["names"])
+    data_state = checkpoint.load_checkpoint(run["accelerator"], folder, 1, run["ema"], run["names"])
     after = snapshot(run)
     assert data_state == {"batches": 1}
     for key in ("model", "exp_avg", "ema"):
         assert all(torch.equal(a, b) for a, b in zip(before[key], after[key])), key
     assert before["ema_step"] == after["ema_step"] == 1
-    assert torch.equal(before["noise"], after["noise"])
     assert torch.equal(before["torch"], after["torch"])
     assert np.array_equal(before["numpy"], after["numpy"])
     assert before["python"] == after["python"]
@@ -90,7 +86,7 @@ def test_weights_are_safetensors_and_nothing_temporary_is_left(run, tmp_path):
     folder = save(run, tmp_path, 3)
     assert folder.name == "checkpoint-000003"
     names = {p.name for p in folder.iterdir()}
-    assert {"model.safetensors", "ema.safetensors", "noise_0.safetensors", "data_0.json", "trainer_state.json"} <= names
+    assert {"model.safetensors", "ema.safetensors", "data_0.json", "trainer_state.json"} <= names
     assert not any(name.endswith((".bin", ".pt", ".pth")) and "model" in name for name in names)
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint-000003"]
     assert checkpoint.read_trainer_state(folder)["step"] == 3
@@ -118,9 +114,9 @@ def test_saving_a_step_again_replaces_it_whole(run, tmp_path):
 
 def test_checkpoint_without_ema_cannot_restore_ema(run, tmp_path):
     state = {"losses": [], "elapsed_s": 0.0, "train_s": 0.0, "settings": {}}
-    folder = checkpoint.save_checkpoint(run["accelerator"], tmp_path, 1, state, {}, run["noise"])
+    folder = checkpoint.save_checkpoint(run["accelerator"], tmp_path, 1, state, {})
     with pytest.raises(FileNotFoundError, match="ema.safetensors"):
-        checkpoint.load_checkpoint(run["accelerator"], folder, run["noise"], run["ema"], run["names"])
+        checkpoint.load_checkpoint(run["accelerator"], folder, 1, run["ema"], run["names"])
 
 
 def test_settings_must_match_to_resume(tmp_path):
@@ -146,3 +142,69 @@ def test_unreadable_trainer_state_is_one_clear_error(tmp_path):
     (tmp_path / "trainer_state.json").write_text(json.dumps({"step": 1}))
     with pytest.raises(ValueError, match="missing elapsed_s, losses, settings, train_s"):
         checkpoint.read_trainer_state(tmp_path)
+
+
+def test_a_checkpoint_of_other_processes_continues_from_the_lowest_ranks_data_position(run, tmp_path):
+    folder = save(run, tmp_path, 2)
+    (folder / "data_0.json").rename(folder / "data_1.json")  # made by processes 1 and 3 of another run
+    (folder / "data_3.json").write_text(json.dumps({"batches": 99}))
+    assert checkpoint.data_position(folder, 0, 1, 4) == {"batches": 2}
+    with pytest.raises(FileNotFoundError, match="data_0.json: missing; this folder was written by another machine"):
+        checkpoint.data_position(folder, 0, 4, 4)  # the same processes: each needs its own
+
+
+def test_a_schedule_of_other_processes_continues_at_its_step():
+    from diffusers.optimization import get_cosine_schedule_with_warmup
+
+    def schedule(processes: int, steps: int):
+        """A prepared cosine schedule (warm-up 2 of 10 steps) after ``steps`` optimizer steps of ``processes``."""
+        optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+        accelerator = Accelerator()
+        optimizer, prepared = accelerator.prepare(
+            optimizer, get_cosine_schedule_with_warmup(optimizer, 2 * processes, 10 * processes)
+        )
+        for _ in range(steps * processes):  # Accelerate steps it once per process at each optimizer step
+            optimizer.step()
+            prepared.scheduler.step()
+        return optimizer, prepared
+
+    _, four = schedule(4, 3)
+    optimizer, one = schedule(1, 0)
+    one.scheduler.load_state_dict(four.scheduler.state_dict())  # a checkpoint of 4 processes, resumed by 1
+    optimizer.param_groups[0]["lr"] = four.get_last_lr()[0]  # the optimizer's lr, restored with its state
+    checkpoint.rescale_schedule(one, 3, 1)
+    _, straight = schedule(1, 3)
+    for _ in range(5):
+        one.scheduler.step()
+        straight.scheduler.step()
+        assert one.get_last_lr() == pytest.approx(straight.get_last_lr())
+
+
+def test_a_resumed_run_may_split_its_batch_otherwise():
+    saved = {"lr": 1e-3, "num_processes": 2, "micro_batch_size": 1}
+    assert checkpoint.differences(saved, {"lr": 1e-3, "num_processes": 1, "micro_batch_size": 2}) == []
+    assert checkpoint.differences(saved, {"lr": 1e-2, "num_processes": 2, "micro_batch_size": 1}) != []
+
+
+def test_one_process_sees_its_own_layout(run, tmp_path):
+    checkpoint.check_layout(run["accelerator"], tmp_path / "ckpt")
+    assert list((tmp_path / "ckpt").iterdir()) == []  # the probe is gone
+    assert checkpoint.steps_seen(run["accelerator"], tmp_path / "ckpt") == [[]]
+    save(run, tmp_path / "ckpt", 3)
+    assert checkpoint.steps_seen(run["accelerator"], tmp_path / "ckpt") == [[3]]
+
+
+@pytest.mark.parametrize(
+    ("views", "shared", "problem"),
+    [
+        ([(0, 0, [0]), (1, 1, [0])], True, None),  # one folder all machines share
+        ([(0, 0, [0]), (1, 1, [1])], False, None),  # each machine its own folder, --save-on-each-node
+        ([(0, 0, [0]), (1, 0, [0]), (2, 2, [2]), (3, 2, [2])], False, None),  # 2 machines x 2 processes
+        ([(0, 0, [0]), (1, 1, [])], True, "process 1 does not see what the main process writes there"),
+        ([(0, 0, [0, 1]), (1, 1, [0, 1])], False, "--save-on-each-node, but process 0 sees the folder of 2 machines"),
+        ([(0, 0, [0]), (1, 0, [])], False, "process 1 does not see what its machine's main process writes"),
+    ],
+)
+def test_a_layout_that_is_not_what_the_machines_see_is_named(views, shared, problem):
+    found = checkpoint.layout_problem(views, shared)
+    assert (found is None) if problem is None else (found or "").startswith(problem), found

@@ -28,9 +28,8 @@ def counted_run(pipe, batch_size: int):
     from accelerate import Accelerator
 
     cfg = TrainConfig(out="unused", batch_size=batch_size, n_images=3, p_uncond=0.0)
-    noise = torch.Generator().manual_seed(0)
     run = SimpleNamespace(
-        cfg=cfg, accelerator=Accelerator(), pipe=pipe, noise=noise, stored=(),
+        cfg=cfg, accelerator=Accelerator(), pipe=pipe, stored=(),
         noise_scheduler=DDPMScheduler.from_config(pipe.scheduler.config),
     )
     images = torch.rand(batch_size, 3, 3, 32, 32, generator=torch.Generator().manual_seed(1)) * 2 - 1
@@ -40,14 +39,15 @@ def counted_run(pipe, batch_size: int):
 def test_flops_per_image_are_a_forward_and_backward_of_eq5_per_image():
     pipe = build_pipeline("tiny", "self", seed=0)
     run, batch = counted_run(pipe, batch_size=2)
-    noise_state, rng_state = run.noise.get_state(), torch.get_rng_state()
-    per_image, context = loop.flops_per_image(run, batch)
-    assert torch.equal(noise_state, run.noise.get_state()) and torch.equal(rng_state, torch.get_rng_state())
+    generator = torch.Generator().manual_seed(0)
+    noise_state, rng_state = generator.get_state(), torch.get_rng_state()
+    per_image, context = loop.flops_per_image(run, batch, generator)
+    assert torch.equal(noise_state, generator.get_state()) and torch.equal(rng_state, torch.get_rng_state())
     with flops.counting() as counter:  # what a training step really computes, backward included
-        loss = m2m_loss(pipe, run.noise_scheduler, batch["images"], p_uncond=0.0, generator=run.noise)
+        loss = m2m_loss(pipe, run.noise_scheduler, batch["images"], p_uncond=0.0, generator=generator)
         loss.backward()
     pipe.unet.zero_grad(set_to_none=True)
     assert per_image == pytest.approx(counter.get_total_flops() / 6, rel=0.05)  # 2 sets x 3 images
     bigger, batch = counted_run(pipe, batch_size=4)
     assert context[0].shape[:2] == (2, 3)  # the batch's clean context, for the step to use
-    assert loop.flops_per_image(bigger, batch)[0] == pytest.approx(per_image, rel=1e-6)  # whatever the batch
+    assert loop.flops_per_image(bigger, batch, generator)[0] == pytest.approx(per_image, rel=1e-6)  # any batch
