@@ -73,13 +73,17 @@ def start_live_run(stage: Stage, root, context: dg.AssetExecutionContext, mlflow
 
 
 def processes(stage: Stage) -> int:
-    """How many processes (devices) the stage's commands start: their ``--num-processes``, else 1."""
+    """How many processes (devices) the stage's commands start on this machine: their ``--num-processes``,
+    else 1; a training over ``$M2M_NUM_MACHINES`` machines counts its total over all of them and starts its
+    share here (docs/training.md, "Several machines")."""
     count = 1
     for cmd in stage.cmds:
         words = shlex.split(cmd)
         if "--num-processes" in words[:-1] and words[words.index("--num-processes") + 1].isdigit():
             count = max(count, int(words[words.index("--num-processes") + 1]))
-    return count
+    from m2m.training.launch import Machines
+
+    return max(1, count // Machines.from_flags().num_machines)
 
 
 def device_lease(stage: Stage, context: dg.AssetExecutionContext, compute, root):

@@ -128,3 +128,19 @@ def test_sd21_with_the_tiny_weights_folder_says_what_to_download(copy_of_chain):
     result = materialize(copy_of_chain, "m2m_self_pretrained")
     (message,) = failure_messages(result)
     assert "weights/tiny" in message and "download stabilityai/stable-diffusion-2-1-base" in message
+
+
+def test_a_training_on_several_machines_leases_this_machines_share_of_devices(monkeypatch):
+    from orchestration.dvc.stages import Stage
+    from orchestration.materialize.stage import processes
+
+    stage = Stage("pretrain_dino", "m2m_dino_pretrained", None, ("m2m train --out m --num-processes 16",), (), (), {}, "")
+    monkeypatch.delenv("M2M_NUM_MACHINES", raising=False)
+    assert processes(stage) == 16
+    monkeypatch.setenv("M2M_NUM_MACHINES", "2")
+    monkeypatch.setenv("M2M_MAIN_PROCESS_IP", "10.0.0.1")
+    monkeypatch.setenv("M2M_MAIN_PROCESS_PORT", "29500")
+    assert processes(stage) == 8  # --num-processes counts all machines' processes
+    monkeypatch.delenv("M2M_MAIN_PROCESS_IP")
+    with pytest.raises(ValueError, match="--main-process-ip .*is required on several machines"):
+        processes(stage)  # before any device is leased
