@@ -19,6 +19,7 @@ from safetensors.torch import load_file
 
 from m2m.training import loop
 from m2m.training.config import TrainConfig
+from tests.training.test_loop import mis  # noqa: F401 - the tiny MIS fixture
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread", "fresh_accelerate_state")]
 
