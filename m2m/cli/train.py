@@ -142,7 +142,8 @@ def register(subparsers) -> argparse.ArgumentParser:
     machines.add_argument("--machine-rank", type=int, help="this machine, 0 the main one ($M2M_MACHINE_RANK)")
     machines.add_argument("--main-process-ip", help="address of machine 0 ($M2M_MAIN_PROCESS_IP)")
     machines.add_argument(
-        "--main-process-port", type=int, help="port machine 0 listens on ($M2M_MAIN_PROCESS_PORT; one machine: any free one)"
+        "--main-process-port", type=int,
+        help="port machine 0 listens on ($M2M_MAIN_PROCESS_PORT; one machine: any free one)",
     )
     machines.add_argument(
         "--save-on-each-node", action=BooleanFlag, default=d.save_on_each_node,

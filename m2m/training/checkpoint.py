@@ -213,10 +213,10 @@ def data_position(folder: Path, rank: int, num_processes: int, saved_processes: 
                 f"{own}: missing; this folder was written by another machine's processes (see --save-on-each-node)"
             )
         return json.loads(own.read_text(encoding="utf-8"))
-    found = sorted((int(DATA_STATE.fullmatch(p.name).group(1)), p) for p in folder.iterdir() if DATA_STATE.fullmatch(p.name))
-    if not found:
+    ranks = sorted(int(match.group(1)) for p in folder.iterdir() if (match := DATA_STATE.fullmatch(p.name)))
+    if not ranks:
         raise FileNotFoundError(f"{folder}: no data_<rank>.json; the checkpoint is not whole")
-    return json.loads(found[0][1].read_text(encoding="utf-8"))
+    return json.loads((folder / f"data_{ranks[0]}.json").read_text(encoding="utf-8"))
 
 
 def load_checkpoint(accelerator, folder: str | Path, saved_processes: int, ema=None, ema_names=None) -> dict:

@@ -82,7 +82,8 @@ class Machines:
     def check(self) -> None:
         def need(ok: bool, field: str, message: str) -> None:
             if not ok:
-                raise ValueError(f"{_option(field)} (or ${MACHINES_ENV[field]}): {message}, got {getattr(self, field)!r}")
+                where = f"{_option(field)} (or ${MACHINES_ENV[field]})"
+                raise ValueError(f"{where}: {message}, got {getattr(self, field)!r}")
 
         need(self.num_machines >= 1, "num_machines", "must be at least 1")
         need(0 <= self.machine_rank < self.num_machines, "machine_rank", f"must be in 0..{self.num_machines - 1}")

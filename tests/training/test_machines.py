@@ -26,7 +26,10 @@ pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread", "fresh_acc
 UNET_WEIGHTS = "unet/diffusion_pytorch_model.safetensors"
 # Every setting but the machines is the same in the pytest run and on the machines.
 SETTINGS = dict(variant="dino", batch_size=2, micro_batch_size=1, n_images=3, log_every=1, sample_steps=1)
-SHARED_FILES = {"model.safetensors", "optimizer.bin", "scheduler.bin", "ema.safetensors", "ema.json", "trainer_state.json"}
+SHARED_FILES = {
+    "model.safetensors", "optimizer.bin", "scheduler.bin", "ema.safetensors", "ema.json", "trainer_state.json",
+}
+STEP_2 = "checkpoint-000002/model.safetensors"
 
 
 def one_process(out, data, **overrides) -> dict:
@@ -48,7 +51,9 @@ def two_machines(data, out, *args: str, per_machine=((), ())) -> list[tuple[int,
         "train", *settings, "--data", str(data), "--out", str(out), "--num-processes", "2",
         "--num-machines", "2", "--main-process-ip", "127.0.0.1", "--main-process-port", str(free_port()), *args,
     ]
-    env = {**os.environ, "M2M_DEVICE": "cpu", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    env = {
+        **os.environ, "M2M_DEVICE": "cpu", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+    }
     machines = [
         subprocess.Popen(
             [sys.executable, "-m", "m2m", *common, "--machine-rank", str(rank), *extra],
@@ -86,7 +91,7 @@ def test_two_machines_train_what_one_process_trains_and_one_process_resumes_them
     assert sorted(p.name for p in shared.iterdir()) == ["checkpoint-000001", "checkpoint-000002"]  # no tmp, no probe
     written = {p.name for p in (shared / "checkpoint-000002").iterdir()}
     assert SHARED_FILES | {"data_0.json", "data_1.json", "random_states_0.pkl", "random_states_1.pkl"} <= written
-    assert_close(tmp_path / "one.ckpt/checkpoint-000002/model.safetensors", shared / "checkpoint-000002/model.safetensors")
+    assert_close(tmp_path / "one.ckpt" / STEP_2, shared / STEP_2)
 
     # one process resumes the two machines' step 1 and ends where the one-process run did
     shutil.copytree(shared / "checkpoint-000001", tmp_path / "resumed.ckpt" / "checkpoint-000001")
@@ -110,10 +115,12 @@ def test_machines_with_folders_of_their_own_each_keep_a_whole_checkpoint(mis, tm
         written = {p.name for p in (folder / "checkpoint-000002").iterdir()}
         assert SHARED_FILES | {f"data_{rank}.json", f"random_states_{rank}.pkl"} <= written, rank
         assert f"data_{1 - rank}.json" not in written  # the other machine's processes wrote to their own disk
-        assert_close(tmp_path / "one.ckpt/checkpoint-000002/model.safetensors", folder / "checkpoint-000002/model.safetensors")
+        assert_close(tmp_path / "one.ckpt" / STEP_2, folder / STEP_2)
 
     # machine 1's copy alone is enough for one process to finish the run
-    metrics = one_process(tmp_path / "continued", mis, steps=3, checkpoint_every=1, resume=True, checkpoint_dir=folders[1])
+    metrics = one_process(
+        tmp_path / "continued", mis, steps=3, checkpoint_every=1, resume=True, checkpoint_dir=folders[1]
+    )
     assert metrics["resumed_from"] == 2
     assert_close(tmp_path / "one" / UNET_WEIGHTS, tmp_path / "continued" / UNET_WEIGHTS)
 

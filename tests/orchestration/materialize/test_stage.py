@@ -134,7 +134,8 @@ def test_a_training_on_several_machines_leases_this_machines_share_of_devices(mo
     from orchestration.dvc.stages import Stage
     from orchestration.materialize.stage import processes
 
-    stage = Stage("pretrain_dino", "m2m_dino_pretrained", None, ("m2m train --out m --num-processes 16",), (), (), {}, "")
+    command = "m2m train --out m --num-processes 16"
+    stage = Stage("pretrain_dino", "m2m_dino_pretrained", None, (command,), (), (), {}, "")
     monkeypatch.delenv("M2M_NUM_MACHINES", raising=False)
     assert processes(stage) == 16
     monkeypatch.setenv("M2M_NUM_MACHINES", "2")
