@@ -19,6 +19,7 @@ from safetensors.torch import load_file
 
 from m2m.training import loop
 from m2m.training.config import TrainConfig
+from tests.netns import loopback_only
 from tests.training.test_loop import mis  # noqa: F401 - the tiny MIS fixture
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread", "fresh_accelerate_state")]
@@ -54,14 +55,15 @@ def two_machines(data, out, *args: str, per_machine=((), ())) -> list[tuple[int,
     env = {
         **os.environ, "M2M_DEVICE": "cpu", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
     }
-    machines = [
-        subprocess.Popen(
-            [sys.executable, "-m", "m2m", *common, "--machine-rank", str(rank), *extra],
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        )
-        for rank, extra in enumerate(per_machine)
-    ]
-    return [(machine.wait(timeout=300), machine.communicate()[0]) for machine in machines]
+    with loopback_only() as network:  # the rendezvous port listens on every interface: loopback only here
+        machines = [
+            subprocess.Popen(
+                [*network, sys.executable, "-m", "m2m", *common, "--machine-rank", str(rank), *extra],
+                env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            )
+            for rank, extra in enumerate(per_machine)
+        ]
+        return [(machine.wait(timeout=300), machine.communicate()[0]) for machine in machines]
 
 
 def assert_ran(results) -> None:
