@@ -22,6 +22,7 @@ from m2m.models.cache import ContextCache
 from m2m.models.context import ContextEncoder
 from m2m.models.encoders import decode_latents, encode_images
 from m2m.models.unet import M2MUNet  # noqa: F401  (diffusers resolves the saved `unet` component by it)
+from m2m.speed import Speed, sdpa_backend, speed_up
 
 
 @dataclass
@@ -113,6 +114,14 @@ class M2MPipeline(DiffusionPipeline):
         # The model's own default s of eq. 6 (saved in model_index.json): 7.5 at SD scale as in the paper;
         # the tiny preset's is lower (docs/model.md).
         self.register_to_config(guidance_scale=float(guidance_scale))
+        self.speed = Speed()  # how the UNet runs, not what it computes (m2m.speed); not saved with the model
+
+    def enable_speed(self, speed: Speed) -> "M2MPipeline":
+        """Run the UNet's denoising steps as ``speed`` says (``m2m.speed``): compiled, in NHWC, on an SDPA
+        backend. The compiled ``forward`` reads the call's key/value cache as an input. Returns the pipeline."""
+        speed_up(self.unet, speed)
+        self.speed = speed
+        return self
 
     @property
     def variant(self) -> str:
@@ -256,25 +265,26 @@ class M2MPipeline(DiffusionPipeline):
             if cond_emb.shape[:2] != (batch, n_given + num_images):
                 raise ValueError(f"conditions must cover all {n_given + num_images} positions of {batch} sets")
         guidance = Guidance.choose(guidance_scale, image_guidance_scale, condition_guidance_scale, cond_emb)
-        memory = self._start_memory(pixels)
+        with sdpa_backend(self.speed.sdpa_backend):  # every attention call of this call, the encoders' too
+            memory = self._start_memory(pixels)
 
-        cache = ContextCache(window) if use_cache else None  # this call's own: the UNet keeps no state
-        if use_cache and n_given:
-            first = max(0, n_given - window)  # earlier images never enter the window
-            self._cache(guidance, memory, first, n_given, cache)
-        self.scheduler.set_timesteps(num_inference_steps, device=device)
-        outputs = []
-        self.set_progress_bar_config(disable=not progress)
-        with self.progress_bar(total=num_images * num_inference_steps) as bar:
-            for i in range(num_images):
-                bar.set_description(f"image {i + 1}/{num_images}, DDIM steps")
-                latents = self._denoise(guidance, memory, batch, n_given + i, window, cache, generator, bar)
-                image = decode_latents(self.vae, latents)
-                outputs.append(image)
-                memory[0].append(image)
-                memory[1].append(latents)
-                if use_cache and i + 1 < num_images:
-                    self._cache(guidance, memory, n_given + i, n_given + i + 1, cache)
+            cache = ContextCache(window) if use_cache else None  # this call's own: the UNet keeps no state
+            if use_cache and n_given:
+                first = max(0, n_given - window)  # earlier images never enter the window
+                self._cache(guidance, memory, first, n_given, cache)
+            self.scheduler.set_timesteps(num_inference_steps, device=device)
+            outputs = []
+            self.set_progress_bar_config(disable=not progress)
+            with self.progress_bar(total=num_images * num_inference_steps) as bar:
+                for i in range(num_images):
+                    bar.set_description(f"image {i + 1}/{num_images}, DDIM steps")
+                    latents = self._denoise(guidance, memory, batch, n_given + i, window, cache, generator, bar)
+                    image = decode_latents(self.vae, latents)
+                    outputs.append(image)
+                    memory[0].append(image)
+                    memory[1].append(latents)
+                    if use_cache and i + 1 < num_images:
+                        self._cache(guidance, memory, n_given + i, n_given + i + 1, cache)
 
         images_out = (torch.cat(outputs, 1).float() + 1) / 2
         if output_type == "pil":
