@@ -78,6 +78,8 @@ def context_tokens(pipe, images: torch.Tensor) -> dict[str, torch.Tensor]:
     """What each Image-Set Attention reads: ``{source: (n, tokens, width)}``. M2M-DINO: its encoder's tokens
     (one source; every layer projects the same features). M2M-Self: the hidden states at the input of the
     first Image-Set Attention layer and of the mid block's, from the clean pass at t = 0."""
+    from m2m.models.cache import ContextCache
+
     unet = pipe.unet
     encoder = unet.context_encoder
     if encoder.external:
@@ -97,11 +99,10 @@ def context_tokens(pipe, images: torch.Tensor) -> dict[str, torch.Tensor]:
 
     hooks = [attn.register_forward_pre_hook(keep(name), with_kwargs=True) for name, attn in chosen.items()]
     try:
-        unet.encode_context(images[:, None].to(unet.dtype))
+        unet.encode_context(images[:, None].to(unet.dtype), ContextCache())  # a cache of its own, then dropped
     finally:
         for hook in hooks:
             hook.remove()
-        unet.reset_cache()
     return seen
 
 

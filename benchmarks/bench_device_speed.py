@@ -21,13 +21,16 @@ from pathlib import Path
 
 import torch
 
-PARTS = ("correctness", "sampling_b1", "sampling_b8", "sequence", "train", "micro_batch", "precomputed")
+PARTS = ("correctness", "sampling", "sequence", "train", "micro_batch", "precomputed", "speed_options")
 
 # Correctness bounds. Image-Set Attention against the float64 dense reference, relative error (Frobenius):
 # fp32 with TF32 off is exact to rounding; bf16 keeps 8 bits of mantissa (2^-8 = 0.004 per element).
 ISA_BOUND = {"fp32": 1e-4, "bf16": 2e-2}
 CACHE_BOUND = 1e-3  # cached vs uncached sampling, fp32, images in [0, 1]: a quarter of an 8-bit level
 LOG_W_BOUND = 1e-3  # one copy + log W vs W copies, relative to the largest output, fp32
+# A speed option against eager, fp16 UNet step (fp32 in a CPU smoke run): max |diff| over max |eager output|.
+# Reordered fp16 sums differ by a few units of 2^-11 per element; a wrong kernel or a stale input by O(1).
+SPEED_BOUND = 1e-2
 # The issue's goals (marked in the table, not failing the run)
 GOALS = {"dino": 1.05, "self_b8": 1.25, "late_over_early": 1.10, "mfu": 0.45}
 
@@ -63,15 +66,134 @@ def correctness(device: str, smoke: bool) -> dict:
     return {"results": res, "failures": failures}
 
 
-def sampling(device: str, smoke: bool, batch: int) -> dict:
-    """``bench_gpu.sampling_rows``: SD, M2M-Self and M2M-DINO (4 inputs), DDIM 50 + CFG + VAE, fp16."""
+def sampling(device: str, smoke: bool, progress) -> dict:
+    """``bench_gpu.sampling_rows`` at batch 1, then 8: SD, M2M-Self and M2M-DINO (4 inputs), DDIM 50 + CFG +
+    VAE, fp16; ``progress`` gets batch 1's rows before batch 8 starts. Cached only: what the cache saves was
+    measured (RESULTS.md: 1.9x and 3.6x at batch 1) and its 25 s of device time now go to ``speed_options``;
+    that it changes nothing is the correctness part's."""
     from benchmarks.bench_gpu import sampling_rows
 
     preset, steps, dtype = ("tiny", 2, torch.float32) if smoke else ("sd21", 50, torch.float16)
-    repeats = 2 if batch == 1 and not smoke else 1  # batch 8: 8 images per call already average the noise
-    rows = sampling_rows(preset, batch, steps, device, dtype, repeats=repeats)
-    return {"results": {"preset": preset, "steps": steps, "batch": batch, "dtype": str(dtype), "repeats": repeats,
-                        "rows": rows}, "failures": []}
+    res = {"preset": preset, "steps": steps, "dtype": str(dtype), "batches": {}}
+    for batch in (1, 8):
+        repeats = 2 if batch == 1 and not smoke else 1  # batch 8: 8 images per call already average the noise
+        rows = sampling_rows(preset, batch, steps, device, dtype, repeats=repeats, uncached=False)
+        res["batches"][str(batch)] = {"repeats": repeats, "rows": rows}
+        progress({"results": res, "failures": []})
+    return {"results": res, "failures": []}
+
+
+def speed_option_rows(smoke: bool):
+    """(row, ``m2m.speed.Speed``) in the order they run: eager, the per-call options, then each compile mode,
+    the cheapest to compile first. A CPU smoke run compiles with ``cudagraphs`` alone (torch.compile's
+    tracing of the step, the cache read as an input, then the eager kernels): inductor's CPU code generation
+    takes minutes on shared cores and proves nothing of its GPU (Triton) path; ``tests/test_speed.py``
+    checks an inductor-compiled step against eager on CPU."""
+    from m2m.speed import Speed
+
+    modes = ("cudagraphs",) if smoke else ("cudagraphs", "reduce-overhead", "default")
+    return [("eager", Speed()), *((f"sdpa {b}", Speed(sdpa_backend=b)) for b in ("flash", "efficient", "cudnn")),
+            ("channels_last", Speed(channels_last=True)), *((f"compile {m}", Speed(compile=m)) for m in modes)]
+
+
+def speed_options(device: str, smoke: bool, progress) -> dict:
+    """Each speed option of ``m2m.speed`` against eager, where batch 1 is launch-bound: the seconds of one
+    guided denoising step of M2M-DINO after 4 input images (W = 4, cached; both branches of eq. 6 in one
+    batch) at SD-2.1-base size in fp16, the first call of a compiled step (its compilation) timed apart; its
+    output against eager's (``SPEED_BOUND``). Before the two inductor modes (a minute or more of compiling
+    each), one AdamW step over the SD-size UNet's fp32 parameters per implementation (for-loop, foreach,
+    fused), the weights after two steps against for-loop's. ``progress(results)`` gets the rows so far
+    after each one: the part's time limit cuts the last rows, never the ones done."""
+    from benchmarks.bench_gpu import cuda_seconds_per_call
+    from benchmarks.bench_sampling import build
+    from m2m.models.cache import ContextCache
+    from m2m.speed import sdpa_backend, speed_up
+
+    preset, dtype, calls = ("tiny", torch.float32, 3) if smoke else ("sd21", torch.float16, 20)
+    pipe = build(preset, "dino", device, dtype)
+    unet = pipe.unet.eval()
+    cfg, enc = unet.config.unet_config, pipe.image_encoder.config
+    del pipe
+    g = torch.Generator(device).manual_seed(0)
+    tokens = (unet.config.dino_image_size // enc.patch_size) ** 2 + 1
+    features = torch.randn(1, 4, tokens, enc.hidden_size, device=device, dtype=dtype, generator=g)
+    with torch.no_grad():  # eq. 6's branches: the zeroed context, then the 4 input images
+        cache = unet.encode_context(torch.cat([torch.zeros_like(features), features]), ContextCache(4))
+    noisy = torch.randn(2, 1, cfg["in_channels"], cfg["sample_size"], cfg["sample_size"], device=device,
+                        dtype=dtype, generator=g)
+    t = torch.tensor(500, device=device)
+    rows, failures, reference = {}, [], None
+    for name, speed in speed_option_rows(smoke):
+        if speed.compile in ("reduce-overhead", "default") and not any(r.startswith("adamw") for r in rows):
+            rows.update(adamw_rows(preset, device, failures))  # AdamW's rows before inductor's minutes of compiling
+            progress({"results": {"rows": rows}, "failures": failures})
+        try:
+            if speed.compile:
+                torch.compiler.reset()  # a fresh compilation per mode
+            unet.to(memory_format=torch.contiguous_format)
+            speed_up(unet, speed)
+
+            @torch.no_grad()
+            def step():
+                with sdpa_backend(speed.sdpa_backend):
+                    return unet(noisy, t, cache=cache, window=4, null_context_rows=1)
+
+            start = time.perf_counter()
+            out = step().float().clone()  # a CUDA graph's output is overwritten by its next replay
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            first_s = time.perf_counter() - start
+            seconds = cuda_seconds_per_call(step, calls, warmup=2)
+            reference = out if reference is None else reference
+            diff = ((out - reference).abs().max() / reference.abs().max()).item()
+            eager = rows["eager"]["step_s"] if "step_s" in rows.get("eager", {}) else seconds
+            rows[name] = {"step_s": seconds, "first_call_s": first_s, "over_eager": seconds / eager, "rel_diff": diff}
+            if not diff <= SPEED_BOUND:
+                failures.append(f"{name}: output off eager's by {diff:.1e} > {SPEED_BOUND:g} (relative)")
+        except Exception as error:  # an option this card or build cannot run is its own failed row
+            rows[name] = {"error": f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"}
+            failures.append(f"{name}: {rows[name]['error']}")
+        progress({"results": {"rows": rows}, "failures": failures})
+    if not any(r.startswith("adamw") for r in rows):  # a smoke run: no inductor rows to go before
+        rows.update(adamw_rows(preset, device, failures))
+    return {"results": {"preset": preset, "dtype": str(dtype), "calls": calls, "rows": rows}, "failures": failures}
+
+
+def adamw_rows(preset: str, device: str, failures: list[str]) -> dict:
+    """Seconds of one AdamW step over the preset's SD UNet parameters (fp32, random gradients) per
+    implementation (``auto`` is foreach on a GPU), and the weights after two steps against the for-loop's."""
+    impls = ("for-loop", "foreach", "fused")
+    from benchmarks.bench_gpu import cuda_seconds_per_call
+    from benchmarks.bench_sampling import build
+    from m2m.speed import adamw
+
+    start = [p.detach() for p in build(preset, None, device, torch.float32)[0].parameters()]
+    g = torch.Generator(device).manual_seed(1)
+    grads = [torch.randn(p.shape, device=device, generator=g) * 1e-3 for p in start]
+    rows, weights = {}, {}
+    for impl in impls:
+        params = [p.clone().requires_grad_() for p in start]
+        for p, grad in zip(params, grads):
+            p.grad = grad
+        try:
+            opt = adamw(params, impl, lr=1e-5, weight_decay=1e-2)
+            opt.step()
+            opt.step()
+            weights[impl] = params[0].detach().clone()
+            rows[f"adamw {impl}"] = {"step_s": cuda_seconds_per_call(opt.step, 3, warmup=1)}
+        except Exception as error:
+            rows[f"adamw {impl}"] = {"error": f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"}
+            failures.append(f"adamw {impl}: {rows[f'adamw {impl}']['error']}")
+        del params
+    base = rows.get("adamw for-loop", {}).get("step_s")
+    for impl in impls:
+        row = rows[f"adamw {impl}"]
+        if "step_s" in row and "for-loop" in weights:
+            row["over_for_loop"] = row["step_s"] / base
+            row["max_abs_diff"] = (weights[impl] - weights["for-loop"]).abs().max().item()
+            if not row["max_abs_diff"] <= 1e-6:
+                failures.append(f"adamw {impl}: weights off the for-loop's by {row['max_abs_diff']:.1e}")
+    return rows
 
 
 def sequence(device: str, smoke: bool) -> dict:
@@ -128,10 +250,18 @@ def run_part(args) -> int:
     if not args.smoke and device != "cuda":
         raise SystemExit(f"{args.part}: needs a CUDA GPU (SMOKE=1 for a CPU smoke run)")
     start = time.perf_counter()
+
+    def progress(so_far: dict) -> None:  # what a long part has so far, in case its time runs out before its end
+        partial = {"part": args.part, "ok": False, "partial": True, "device": device_name(device),
+                   "smoke": args.smoke, **so_far}
+        args.json.write_text(json.dumps(partial, indent=2) + "\n")
+
     if args.part == "correctness":
         report = correctness(device, args.smoke)
-    elif args.part.startswith("sampling_b"):
-        report = sampling(device, args.smoke, int(args.part.removeprefix("sampling_b")))
+    elif args.part == "sampling":
+        report = sampling(device, args.smoke, progress)
+    elif args.part == "speed_options":
+        report = speed_options(device, args.smoke, progress)
     elif args.part == "sequence":
         report = sequence(device, args.smoke)
     elif args.part == "train":
@@ -166,15 +296,28 @@ def summary(part: str, report: dict) -> list[tuple[str, str, str]]:
                  f"<= {CACHE_BOUND:g}"),
                 ("+ log W - W copies", f"{r['log_w_max_abs_diff']:.1e} (one copy {r['log_w_one_copy_over_w_copies']:.2f}x the time)",
                  f"<= {LOG_W_BOUND:g} x max |out|")]
-    if part.startswith("sampling_b"):
+    if part == "sampling":
         lines = []
-        for _, model, s, ratio in r["rows"]:
-            aim = ""
-            if model == "M2M-dino, 4 in":
-                aim = goal(ratio, GOALS["dino"])
-            elif model == "M2M-self, 4 in" and r["batch"] == 8:
-                aim = goal(ratio, GOALS["self_b8"])
-            lines.append((f"sample b{r['batch']}: {model}", f"{s:.4f} s/img, {ratio:.2f}x SD", aim))
+        for batch, done in r["batches"].items():
+            for _, model, s, ratio in done["rows"]:
+                aim = ""
+                if model == "M2M-dino, 4 in":
+                    aim = goal(ratio, GOALS["dino"])
+                elif model == "M2M-self, 4 in" and batch == "8":
+                    aim = goal(ratio, GOALS["self_b8"])
+                lines.append((f"sample b{batch}: {model}", f"{s:.4f} s/img, {ratio:.2f}x SD", aim))
+        return lines
+    if part == "speed_options":
+        lines = []
+        for name, row in r["rows"].items():
+            if "error" in row:
+                lines.append((name, f"FAILED: {row['error']}", ""))
+            elif name.startswith("adamw"):
+                lines.append((name, f"{row['step_s'] * 1e3:.1f} ms/step, {row.get('over_for_loop', 0):.2f}x for-loop", ""))
+            else:
+                first = f", first call {row['first_call_s']:.0f} s" if name.startswith("compile") else ""
+                lines.append((f"b1 DINO step, {name}", f"{row['step_s'] * 1e3:.1f} ms, {row['over_eager']:.2f}x eager{first}",
+                              f"= eager to {SPEED_BOUND:g} (off {row['rel_diff']:.0e})"))
         return lines
     if part == "sequence":
         return [(f"M2M-{v}: image {r['images']} / image 5 (DDIM {r['steps']})", f"{r[f'{v}_late_over_early']:.3f}",
@@ -211,6 +354,12 @@ def table(out: Path, status: Path) -> int:
             failed += 1
             reason = "; ".join(report["failures"]) if report and report.get("failures") else state
             print(f"| {part} | FAILED ({reason}), {seconds} s | | | |")
+            try:  # what the part measured before or beside its failure
+                lines = summary(part, report) if report else []
+            except (KeyError, TypeError, ValueError, ZeroDivisionError):
+                lines = []
+            for what, value, aim in lines:
+                print(f"| | | {what} | {value} | {aim} |")
             continue
         try:
             lines = summary(part, report)

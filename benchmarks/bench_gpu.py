@@ -128,10 +128,11 @@ def train_step_rate(model, kind: str, batch_images: int, n_images: int, device: 
             "flops_per_image": flops_per_image, "peak_flops": peak, "mfu": flops_per_image * rate / peak}
 
 
-def sampling_rows(preset: str, batch: int, steps: int, device: str, dtype: torch.dtype, repeats: int = 2) -> list:
+def sampling_rows(preset: str, batch: int, steps: int, device: str, dtype: torch.dtype, repeats: int = 2,
+                  uncached: bool = True) -> list:
     """(what, model, s / image, ratio to SD) of DDIM ``steps`` + CFG (+ VAE at sd21) sampling at ``batch``
-    sets per call: the plain SD UNet, then M2M-Self and M2M-DINO after 4 input images (and uncached at
-    batch 1), all measured in this call."""
+    sets per call: the plain SD UNet, then M2M-Self and M2M-DINO after 4 input images (and, with
+    ``uncached``, without the cache at batch 1), all measured in this call."""
     kw = dict(steps=steps, batch=batch, device=device, dtype=dtype, repeats=repeats)
     base = sd_seconds_per_image(build(preset, None, device, dtype), **kw)
     rows = [(f"sample b{batch}", "SD UNet", base, 1.0)]
@@ -139,7 +140,7 @@ def sampling_rows(preset: str, batch: int, steps: int, device: str, dtype: torch
         pipe = build(preset, variant, device, dtype)
         s = m2m_seconds_per_image(pipe, 4, 1, **kw)
         rows.append((f"sample b{batch}", f"M2M-{variant}, 4 in", s, s / base))
-        if batch == 1:
+        if batch == 1 and uncached:
             s = m2m_seconds_per_image(pipe, 4, 1, use_cache=False, **kw)
             rows.append((f"sample b{batch}", f"M2M-{variant}, 4 in, no cache", s, s / base))
         del pipe

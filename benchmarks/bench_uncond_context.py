@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from m2m.files import atomic_file
+from m2m.models.cache import ContextCache
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -77,11 +78,10 @@ def main(argv: list[str] | None = None) -> int:
     context = torch.randn(sets, w, channels, side, side, device=device, dtype=dtype)
     context = torch.cat([torch.zeros_like(context), context])  # eq. 6: the zeroed condition, then the context
     noisy = torch.randn(2 * sets, 1, channels, side, side, device=device, dtype=dtype)
-    unet.reset_cache()
-    unet.encode_context(context, keep=w)
+    cache = unet.encode_context(context, ContextCache(w))
 
     def step(null_rows: int):
-        return lambda: unet(noisy, 500, visible=[w], window=w, null_context_rows=null_rows)
+        return lambda: unet(noisy, 500, visible=[w], cache=cache, window=w, null_context_rows=null_rows)
 
     text = torch.randn(2 * sets, 77, 1024, device=device, dtype=dtype)  # SD's CLIP text tokens, both branches
     one_copy, w_copies = step(sets)(), step(0)()

@@ -18,9 +18,11 @@ from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
+from m2m.models.cache import ContextCache
 from m2m.models.context import ContextEncoder
 from m2m.models.encoders import decode_latents, encode_images
 from m2m.models.unet import M2MUNet  # noqa: F401  (diffusers resolves the saved `unet` component by it)
+from m2m.speed import Speed, sdpa_backend, speed_up
 
 
 @dataclass
@@ -112,6 +114,14 @@ class M2MPipeline(DiffusionPipeline):
         # The model's own default s of eq. 6 (saved in model_index.json): 7.5 at SD scale as in the paper;
         # the tiny preset's is lower (docs/model.md).
         self.register_to_config(guidance_scale=float(guidance_scale))
+        self.speed = Speed()  # how the UNet runs, not what it computes (m2m.speed); not saved with the model
+
+    def enable_speed(self, speed: Speed) -> "M2MPipeline":
+        """Run the UNet's denoising steps as ``speed`` says (``m2m.speed``): compiled, in NHWC, on an SDPA
+        backend. The compiled ``forward`` reads the call's key/value cache as an input. Returns the pipeline."""
+        speed_up(self.unet, speed)
+        self.speed = speed
+        return self
 
     @property
     def variant(self) -> str:
@@ -177,14 +187,15 @@ class M2MPipeline(DiffusionPipeline):
         pixels, latents = memory
         return guidance.context(torch.cat([self._context_of(pixels[j], latents[j]) for j in range(lo, hi)], 1))
 
-    def _cache(self, guidance: Guidance, memory, lo: int, hi: int, window: int) -> None:
-        """Keys/values of context positions ``lo .. hi - 1`` join the cache (which keeps the last W)."""
+    def _cache(self, guidance: Guidance, memory, lo: int, hi: int, cache: ContextCache) -> None:
+        """Keys/values of context positions ``lo .. hi - 1`` join ``cache`` (which keeps the last W)."""
         context = self._context(guidance, memory, lo, hi)
-        self.unet.encode_context(context, guidance.conditions(slice(lo, hi)), keep=window)
+        self.unet.encode_context(context, cache, guidance.conditions(slice(lo, hi)))
 
-    def _denoise(self, guidance: Guidance, memory, batch: int, position: int, window: int, use_cache: bool,
-                 generator, bar) -> torch.Tensor:
-        """DDIM from noise to the latents of the image at ``position``, guided by eq. 6 or eq. 7."""
+    def _denoise(self, guidance: Guidance, memory, batch: int, position: int, window: int,
+                 cache: ContextCache | None, generator, bar) -> torch.Tensor:
+        """DDIM from noise to the latents of the image at ``position``, guided by eq. 6 or eq. 7; with a
+        ``cache`` the context's keys/values are read from it, without one they are recomputed every step."""
         unet = self.unet
         config = unet.config.unet_config
         shape = (batch, 1, config["in_channels"], config["sample_size"], config["sample_size"])
@@ -192,19 +203,19 @@ class M2MPipeline(DiffusionPipeline):
         lo = position - n_visible
         query_cond = guidance.conditions(slice(position, position + 1))
         # the unconditional branch leads the batch: its cached context is W copies of one zeroed image
-        null_rows = batch if use_cache and guidance.null_first else 0
+        null_rows = batch if cache is not None and guidance.null_first else 0
         latents = randn_tensor(shape, generator=generator, device=self._execution_device, dtype=unet.dtype)
         latents = latents * self.scheduler.init_noise_sigma
         n_branches = len(guidance.branches)
         for t in self.scheduler.timesteps:
             context = context_cond = None
-            if not use_cache and n_visible:  # the uncached baseline recomputes the context every step
+            if cache is None and n_visible:  # the uncached baseline recomputes the context every step
                 context = self._context(guidance, memory, lo, position)
                 context_cond = guidance.conditions(slice(lo, position))
             inp = self.scheduler.scale_model_input(latents.repeat(n_branches, 1, 1, 1, 1), t)
             eps = guidance.combine(unet(
                 inp, t, context=context, visible=[n_visible], cond_query=query_cond,
-                cond_context=context_cond, window=window, null_context_rows=null_rows,
+                cond_context=context_cond, cache=cache, window=window, null_context_rows=null_rows,
             ))
             latents = self.scheduler.step(eps.flatten(0, 1), t, latents.flatten(0, 1)).prev_sample
             latents = latents.unflatten(0, (batch, 1))
@@ -254,26 +265,26 @@ class M2MPipeline(DiffusionPipeline):
             if cond_emb.shape[:2] != (batch, n_given + num_images):
                 raise ValueError(f"conditions must cover all {n_given + num_images} positions of {batch} sets")
         guidance = Guidance.choose(guidance_scale, image_guidance_scale, condition_guidance_scale, cond_emb)
-        memory = self._start_memory(pixels)
+        with sdpa_backend(self.speed.sdpa_backend):  # every attention call of this call, the encoders' too
+            memory = self._start_memory(pixels)
 
-        self.unet.reset_cache()
-        if use_cache and n_given:
-            first = max(0, n_given - window)  # earlier images never enter the window
-            self._cache(guidance, memory, first, n_given, window)
-        self.scheduler.set_timesteps(num_inference_steps, device=device)
-        outputs = []
-        self.set_progress_bar_config(disable=not progress)
-        with self.progress_bar(total=num_images * num_inference_steps) as bar:
-            for i in range(num_images):
-                bar.set_description(f"image {i + 1}/{num_images}, DDIM steps")
-                latents = self._denoise(guidance, memory, batch, n_given + i, window, use_cache, generator, bar)
-                image = decode_latents(self.vae, latents)
-                outputs.append(image)
-                memory[0].append(image)
-                memory[1].append(latents)
-                if use_cache and i + 1 < num_images:
-                    self._cache(guidance, memory, n_given + i, n_given + i + 1, window)
-        self.unet.reset_cache()
+            cache = ContextCache(window) if use_cache else None  # this call's own: the UNet keeps no state
+            if use_cache and n_given:
+                first = max(0, n_given - window)  # earlier images never enter the window
+                self._cache(guidance, memory, first, n_given, cache)
+            self.scheduler.set_timesteps(num_inference_steps, device=device)
+            outputs = []
+            self.set_progress_bar_config(disable=not progress)
+            with self.progress_bar(total=num_images * num_inference_steps) as bar:
+                for i in range(num_images):
+                    bar.set_description(f"image {i + 1}/{num_images}, DDIM steps")
+                    latents = self._denoise(guidance, memory, batch, n_given + i, window, cache, generator, bar)
+                    image = decode_latents(self.vae, latents)
+                    outputs.append(image)
+                    memory[0].append(image)
+                    memory[1].append(latents)
+                    if use_cache and i + 1 < num_images:
+                        self._cache(guidance, memory, n_given + i, n_given + i + 1, cache)
 
         images_out = (torch.cat(outputs, 1).float() + 1) / 2
         if output_type == "pil":

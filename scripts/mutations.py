@@ -85,8 +85,8 @@ MUTATIONS = (
              "return rank", ("tests/training/test_noise.py::test_a_slot_is_the_block_of_the_stream_its_process_reads",),
              "eq. 5's draws follow the process, not the sets it reads: P processes train otherwise than one"),
     Mutation("causal-mask-off", "m2m/models/unet.py",
-             "s.visible = visible if visible is not None else list(range(n_query))",
-             "s.visible = visible if visible is not None else [n_context] * n_query",
+             "visible = tuple(visible) if visible is not None else tuple(range(n_query))",
+             "visible = tuple(visible) if visible is not None else (n_context,) * n_query",
              ("tests/models/test_unet.py",), "noisy image i sees clean images i, i+1, ... (the future) in training"),
     Mutation("prefix-off-by-one", "m2m/models/attention.py", "n_keys = 1 + n_visible * tokens_per_image",
              "n_keys = 1 + max(0, n_visible - 1) * tokens_per_image",
@@ -95,13 +95,25 @@ MUTATIONS = (
              "bias = torch.full((n_keys,), 0.0,",
              ("tests/test_pipeline.py::test_cached_sampler_equals_uncached",),
              "the unconditional branch attends to one copy of its context without + log W"),
-    Mutation("window-ignored", "m2m/models/attention.py",
+    Mutation("window-ignored", "m2m/models/cache.py",
              "n = n_cached if window is None else min(window, n_cached)", "n = n_cached",
              ("tests/models/test_unet.py::test_cache_equals_joint_pass",), "the cache ignores the window W"),
-    Mutation("cache-not-trimmed", "m2m/models/attention.py",
-             "self.cache_k, self.cache_v = self.cache_k[:, -keep:], self.cache_v[:, -keep:]", "pass",
+    Mutation("cache-not-trimmed", "m2m/models/cache.py",
+             "(k, v) if keep is None else (k[:, -keep:], v[:, -keep:])", "(k, v)",
              ("tests/test_pipeline.py::test_the_cache_holds_at_most_the_window",),
              "the cache grows along the sequence"),
+    Mutation("cache-window-stale", "m2m/models/cache.py", "self._visible.pop(layer, None)", "pass",
+             ("tests/test_pipeline.py::test_cached_sampler_equals_uncached",),
+             "a new context image joins the cache but the steps read the window joined before it"),
+    Mutation("cache-one-layer", "m2m/models/unet.py",
+             "layer=sum(isinstance(p, ImageSetAttnProcessor) for p in processors.values()),", "layer=0,",
+             ("tests/models/test_unet.py::test_cache_equals_joint_pass",),
+             "every Image-Set Attention layer reads and writes the same keys/values of the cache"),
+    Mutation("cache-on-the-unet", "m2m/pipeline.py",
+             "cache = ContextCache(window) if use_cache else None",
+             "cache = self.unet.__dict__.setdefault('_cache', ContextCache(window)) if use_cache else None",
+             ("tests/test_pipeline.py::test_two_pipelines_sharing_one_unet_keep_their_own_context",),
+             "one cache per UNet, kept across calls: a second call (or pipeline) finds the first one's context"),
 )
 
 
@@ -152,12 +164,13 @@ class Target:
 
 
 ATTENTION, PIPELINE = ("tests/models/", "tests/test_pipeline.py"), ("tests/test_pipeline.py",)
-TARGETS = (  # in the order they run: eq. 4, eq. 5, eq. 6/7, then the processor and the sampler around them
+TARGETS = (  # in the order they run: eq. 4, eq. 5, eq. 6/7, then the processor, its cache and the sampler
     Target("attention", "m2m/models/attention.py", ("image_set_attention", "repeated_context_attention"),
            ATTENTION, 200),
     Target("objective", "m2m/training/objective.py", (), ("tests/training/test_objective.py",), 90),
     Target("pipeline", "m2m/pipeline.py", ("cfg_eq6", "cfg_eq7", "Guidance"), PIPELINE, 160),
     Target("attention", "m2m/models/attention.py", ("ImageSetAttnProcessor",), ATTENTION, 200),
+    Target("cache", "m2m/models/cache.py", (), ATTENTION, 200),
     # the context window and the cache (_cache, __call__), the denoising loop of eq. 6/7 (_context, _denoise)
     Target("pipeline", "m2m/pipeline.py", ("M2MPipeline._context", "M2MPipeline._cache", "M2MPipeline._denoise",
                                            "M2MPipeline.__call__"), PIPELINE, 160),

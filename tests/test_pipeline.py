@@ -34,13 +34,10 @@ def test_the_cache_holds_at_most_the_window(pipe, images, monkeypatch):
     """Memory stays flat along a 50-image sequence: images that left the window W are dropped from the cache."""
     sizes, encode = [], pipe.unet.encode_context
 
-    def cache_bytes() -> int:
-        return sum(t.numel() * t.element_size() for _, proc in pipe.unet.image_set_layers()
-                   for t in (proc.cache_k, proc.cache_v) if t is not None)
-
     def recording(*args, **kwargs):
-        encode(*args, **kwargs)
-        sizes.append((pipe.unet.n_cached, cache_bytes()))
+        cache = encode(*args, **kwargs)
+        sizes.append((cache.n_cached, cache.nbytes()))
+        return cache
 
     monkeypatch.setattr(pipe.unet, "encode_context", recording)
     sample(pipe, images, num_images=50, window=2, num_inference_steps=1)
@@ -51,8 +48,30 @@ def test_the_cache_holds_at_most_the_window(pipe, images, monkeypatch):
     assert torch.allclose(cached, sample(pipe, images, num_images=4, window=2, guidance_scale=3.0, use_cache=False), atol=1e-5)
 
 
+def test_two_pipelines_sharing_one_unet_keep_their_own_context(pipe, images, monkeypatch):
+    """The key/value cache is the call's, not the UNet's: a second pipeline on the same UNet, run between
+    two DDIM steps of the first one's call, changes none of the first one's images, nor they its own."""
+    from diffusers import DDIMScheduler
+
+    other = M2MPipeline(unet=pipe.unet, scheduler=DDIMScheduler.from_config(pipe.scheduler.config), vae=pipe.vae,
+                        image_encoder=pipe.image_encoder)
+    kwargs = {"guidance_scale": 3.0, "num_images": 2}
+    alone, other_alone = sample(pipe, images, **kwargs), sample(other, images.flip(1), **kwargs)
+    step, nested = pipe.scheduler.step, []
+
+    def step_with_the_other_pipeline(*args, **kwargs_):
+        if not nested:  # inside image 1, while the first call's cache holds its context
+            nested.append(sample(other, images.flip(1), **kwargs))
+        return step(*args, **kwargs_)
+
+    monkeypatch.setattr(pipe.scheduler, "step", step_with_the_other_pipeline)
+    interleaved = sample(pipe, images, **kwargs)
+    assert nested and not torch.allclose(alone, other_alone, atol=1e-3)  # the two calls do differ
+    assert torch.allclose(interleaved, alone, atol=1e-6)
+    assert torch.allclose(nested[0], other_alone, atol=1e-6)
+
+
 def test_more_visible_images_than_cached_is_a_clear_error(pipe, images):
-    pipe.unet.reset_cache()
     config = pipe.unet.config.unet_config
     noisy = torch.zeros(1, 1, config["in_channels"], config["sample_size"], config["sample_size"])
     with pytest.raises(ValueError, match="cannot see 2 images: 0 are cached"):
@@ -188,9 +207,9 @@ def test_task_conditions_follow_eq7_branch_by_branch(images, monkeypatch):
     contexts, queries, outputs, combined = [], [], [], []
     encode, forward, step = pipe.unet.encode_context, pipe.unet.forward, pipe.scheduler.step
 
-    def spy_encode(context, cond_context=None, keep=None):
+    def spy_encode(context, cache, cond_context=None):
         contexts.append((context.clone(), cond_context.clone()))
-        return encode(context, cond_context, keep)
+        return encode(context, cache, cond_context)
 
     def spy_forward(*args, **kwargs):
         queries.append(kwargs["cond_query"].clone())

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from m2m.cli.flags import HelpFormatter
+from m2m import speed
+from m2m.cli.flags import BooleanFlag, HelpFormatter
 
 
 def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -30,6 +31,16 @@ def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--condition-guidance-scale", type=float, default=1.0, help="s_C of eq. 7")
     p.add_argument("--seed", type=int, default=0, help="seed of the initial noise")
     p.add_argument("--device", default="auto", help="auto ($M2M_DEVICE, else cuda when present), cpu or cuda")
+    p.add_argument(
+        "--compile", choices=speed.COMPILE_MODES,
+        help="torch.compile the UNet's denoising step (reduce-overhead: CUDA graphs); the first step of each "
+        "new shape compiles (default: eager; docs/model.md, Speed options)",
+    )
+    p.add_argument("--channels-last", action=BooleanFlag, default=False, help="the UNet in NHWC (default false)")
+    p.add_argument(
+        "--sdpa-backend", choices=list(speed.SDPA_BACKENDS),
+        help="attention kernel for every scaled_dot_product_attention call (default: PyTorch's choice per call)",
+    )
     return p
 
 
@@ -71,12 +82,15 @@ def run(args: argparse.Namespace) -> int:
     from m2m.device import pick_device
     from m2m.grid import image_grid
     from m2m.pipeline import from_pil, load_on
+    from m2m.speed import Speed
 
     check_args(args)
     if not (args.model / "model_index.json").exists():
         raise FileNotFoundError(f"{args.model}: not an M2M pipeline folder (no model_index.json)")
     device = pick_device(args.device)
-    pipe = load_on(args.model, device)
+    pipe = load_on(args.model, device).enable_speed(
+        Speed(compile=args.compile, channels_last=args.channels_last, sdpa_backend=args.sdpa_backend)
+    )
     context = load_images(args.images, pipe.image_size)
     conditions = None
     if args.steps_of_procedure is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from m2m import speed
 from m2m.cli.flags import AUTO, BooleanFlag, HelpFormatter, positive_int_or_auto
 from m2m.models import presets
 from m2m.models.context import context_encoder_names
@@ -106,6 +107,19 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument(
         "--gradient-checkpointing", action=BooleanFlag, default=d.gradient_checkpointing,
         help="recompute activations in backward: less memory, ~30%% more time (default false)",
+    )
+    p.add_argument(
+        "--adamw", choices=speed.ADAMW, default=d.adamw,
+        help="AdamW implementation: auto (default: PyTorch's choice, foreach on a GPU, the for-loop on a CPU), "
+        "for-loop, foreach or fused (one kernel)",
+    )
+    p.add_argument(
+        "--channels-last", action=BooleanFlag, default=d.channels_last,
+        help="the UNet's weights and activations in NHWC (default false; docs/model.md, Speed options)",
+    )
+    p.add_argument(
+        "--sdpa-backend", choices=list(speed.SDPA_BACKENDS),
+        help="attention kernel for every scaled_dot_product_attention call (default: PyTorch's choice per call)",
     )
     p.add_argument(
         "--ema", action=BooleanFlag,

@@ -24,6 +24,8 @@ import torch.nn.functional as F
 from diffusers.models.attention_processor import AttnProcessor2_0
 from torch import nn
 
+from m2m.models.cache import ContextCache
+
 
 def bfloat16_on_cpu(t: torch.Tensor) -> bool:
     """Whether ``t``'s attention would run in bfloat16 on CPU: a bfloat16 tensor, or CPU autocast to bfloat16."""
@@ -139,16 +141,19 @@ class ImageSetCall:
     mode:
         ``"joint"``   hidden states are ``[clean; noisy]`` along the batch (M2M-Self, training);
         ``"context"`` keys/values come from ``context`` (M2M-DINO features), hidden states are noisy only;
-        ``"encode"``  hidden states are clean context images: store their keys/values, return zeros;
-        ``"cached"``  hidden states are noisy only; keys/values come from the stored cache.
+        ``"encode"``  hidden states are clean context images: their keys/values join ``cache``, zeros return;
+        ``"cached"``  hidden states are noisy only; keys/values come from ``cache``.
+
+    The cache travels with the call, as transformers passes ``past_key_values``: the layers keep no state
+    between calls (``m2m.models.cache``).
     """
 
     mode: str
     batch: int
     visible: tuple[int, ...] = ()  # for each noisy image, how many clean images it sees (eq. 4's mask)
     n_context: int = 0
+    cache: ContextCache | None = None  # "encode": filled; "cached": read (None: nothing precedes)
     window: int | None = None  # "cached": the newest W cached images are visible
-    keep: int | None = None  # "encode": how many newest images the cache keeps (W); None: all
     null_rows: int = 0  # "cached": the first rows of the batch have a zeroed context (eq. 6's unconditional branch)
     context: torch.Tensor | None = None  # "context": features (B, Nc, S, D)
     cond_query: torch.Tensor | None = None  # E(c_C) of the noisy images (B, Nq, condition_dim)
@@ -180,14 +185,15 @@ class SelfAttnProcessor(AttnProcessor2_0):
 class ImageSetAttnProcessor(nn.Module):
     """Image-Set Attention for one ``attn2`` layer (eq. 4).
 
-    Owns the learned null key/value, an optional projection of the task-condition embedding
-    ``E(c_C)`` (section 6.2; zero-initialised so fine-tuning starts from the pre-trained model) and the
-    key/value cache of the clean context (computed once per context image, reused by every denoising
-    step and every later auto-regressive step).
+    Owns the learned null key/value and an optional projection of the task-condition embedding
+    ``E(c_C)`` (section 6.2; zero-initialised so fine-tuning starts from the pre-trained model). The
+    key/value cache of the clean context is the call's (``ImageSetCall.cache``), where this layer's
+    keys/values are found under its index ``layer``.
     """
 
-    def __init__(self, inner_dim: int, query_dim: int, condition_dim: int | None = None):
+    def __init__(self, inner_dim: int, query_dim: int, condition_dim: int | None = None, layer: int = 0):
         super().__init__()
+        self.layer = layer
         self.null_k = nn.Parameter(torch.randn(inner_dim) * inner_dim**-0.5)
         self.null_v = nn.Parameter(torch.zeros(inner_dim))
         self.cond_proj = None
@@ -195,13 +201,6 @@ class ImageSetAttnProcessor(nn.Module):
             self.cond_proj = nn.Linear(condition_dim, query_dim)
             nn.init.zeros_(self.cond_proj.weight)
             nn.init.zeros_(self.cond_proj.bias)
-        self.cache_k: torch.Tensor | None = None  # (B, Nc, L, inner_dim)
-        self.cache_v: torch.Tensor | None = None
-        self._window_kv: tuple[int, torch.Tensor, torch.Tensor] | None = None
-
-    def reset_cache(self) -> None:
-        self.cache_k = self.cache_v = self._window_kv = None
-
     def _condition(self, cond: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor | None:
         """The per-layer projection of ``E(c_C)`` ``(B, n, condition_dim)`` -> ``(B*n, 1, C)``, or None."""
         if self.cond_proj is None or cond is None:
@@ -213,7 +212,7 @@ class ImageSetAttnProcessor(nn.Module):
         emb = self._condition(cond, hidden)
         return hidden if emb is None else hidden + emb
 
-    def _with_null(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def with_null(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Flatten ``(B, Nc, L, D)`` to ``(B, 1 + Nc*L, D)`` with the null token first."""
         batch, _, _, dim = k.shape
         null_k = self.null_k.to(k.dtype).expand(batch, 1, dim)
@@ -226,23 +225,9 @@ class ImageSetAttnProcessor(nn.Module):
         v = attn.to_v(context)
         return k.unflatten(0, (batch, -1)), v.unflatten(0, (batch, -1))
 
-    def store(self, attn, context: torch.Tensor, batch: int, keep: int | None = None) -> None:
-        """Append the keys/values of clean context tokens ``(B*Nc, L, C)`` to the cache, keeping only the
-        newest ``keep`` images (the window W): images that left the window are never attended again."""
-        k, v = self._project_context(attn, context, batch)
-        self.cache_k = k if self.cache_k is None else torch.cat([self.cache_k, k], 1)
-        self.cache_v = v if self.cache_v is None else torch.cat([self.cache_v, v], 1)
-        if keep is not None:
-            self.cache_k, self.cache_v = self.cache_k[:, -keep:], self.cache_v[:, -keep:]
-        self._window_kv = None
-
-    def _cached_window(self, window: int | None) -> tuple[torch.Tensor, torch.Tensor, int]:
-        n_cached = self.cache_k.shape[1]
-        n = n_cached if window is None else min(window, n_cached)
-        if self._window_kv is None or self._window_kv[0] != (n_cached, n):
-            k, v = self._with_null(self.cache_k[:, n_cached - n :], self.cache_v[:, n_cached - n :])
-            self._window_kv = ((n_cached, n), k, v)
-        return self._window_kv[1], self._window_kv[2], n
+    def store(self, attn, context: torch.Tensor, batch: int, cache: ContextCache) -> None:
+        """The keys/values of clean context tokens ``(B*Nc, L, C)`` join ``cache`` (which keeps the newest W)."""
+        cache.update(self.layer, *self._project_context(attn, context, batch))
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None,
                  image_set: ImageSetCall | None = None):
@@ -252,29 +237,31 @@ class ImageSetAttnProcessor(nn.Module):
                              "unet(..., cross_attention_kwargs={'image_set': ImageSetCall(...)}) (M2MUNet does this)")
         batch = s.batch
         if s.mode == "encode":
-            self.store(attn, self._add_condition(hidden_states, s.cond_context), batch, s.keep)
+            if s.cache is None:
+                raise ValueError("Image-Set Attention's encode call needs a ContextCache to fill (ImageSetCall.cache)")
+            self.store(attn, self._add_condition(hidden_states, s.cond_context), batch, s.cache)
             return torch.zeros_like(hidden_states)
 
         if s.mode == "joint":
             n_clean = batch * s.n_context
             clean, noisy = hidden_states[:n_clean], hidden_states[n_clean:]
             ctx = self._add_condition(clean, s.cond_context)
-            k, v = self._with_null(*self._project_context(attn, ctx, batch))
+            k, v = self.with_null(*self._project_context(attn, ctx, batch))
             tokens = clean.shape[1]
         elif s.mode == "context":
             noisy = hidden_states
             features = s.context.flatten(0, 1)  # (B*Nc, S, D_dino)
-            k, v = self._with_null(*self._project_context(attn, features, batch))
+            k, v = self.with_null(*self._project_context(attn, features, batch))
             tokens = s.context.shape[2]
-        elif s.mode == "cached" and self.cache_k is None:  # nothing precedes: the null token alone
+        elif s.mode == "cached" and (s.cache is None or not s.cache.n_cached):  # nothing precedes: the null token alone
             noisy = hidden_states
             k = self.null_k.to(noisy.dtype).expand(batch, 1, -1)
             v = self.null_v.to(noisy.dtype).expand(batch, 1, -1)
             tokens = 0
         elif s.mode == "cached":
             noisy = hidden_states
-            k, v, _ = self._cached_window(s.window)
-            tokens = self.cache_k.shape[2]
+            k, v = s.cache.visible(self.layer, s.window, self.with_null)
+            tokens = s.cache.tokens(self.layer)
         else:
             raise ValueError(f"unknown Image-Set Attention mode {s.mode!r}")
 

@@ -25,6 +25,7 @@ from diffusers.models.attention_processor import Attention
 from torch import nn
 
 from m2m.models.attention import ImageSetAttnProcessor, ImageSetCall, SelfAttnProcessor
+from m2m.models.cache import ContextCache
 from m2m.models.conditions import build_condition_embedder
 from m2m.models.context import ContextEncoder, context_encoder
 
@@ -73,8 +74,9 @@ class M2MUNet(ModelMixin, ConfigMixin):
         for name, proc in self.unet.attn_processors.items():
             if ".attn2." in name:
                 attn = self.unet.get_submodule(name.removesuffix(".processor"))
-                processors[name] = ImageSetAttnProcessor(
-                    attn.inner_dim, attn.query_dim, condition_dim if condition else None
+                processors[name] = ImageSetAttnProcessor(  # layer: where its keys/values sit in a ContextCache
+                    attn.inner_dim, attn.query_dim, condition_dim if condition else None,
+                    layer=sum(isinstance(p, ImageSetAttnProcessor) for p in processors.values()),
                 )
                 # Image-Set Attention starts as a no-op: the pre-trained UNet's prediction is untouched.
                 nn.init.zeros_(attn.to_out[0].weight)
@@ -121,15 +123,6 @@ class M2MUNet(ModelMixin, ConfigMixin):
     def image_set_layers(self) -> list[tuple[Attention, ImageSetAttnProcessor]]:
         return [(m, m.processor) for m in self.unet.modules() if isinstance(getattr(m, "processor", None), ImageSetAttnProcessor)]
 
-    def reset_cache(self) -> None:
-        for _, proc in self.image_set_layers():
-            proc.reset_cache()
-
-    @property
-    def n_cached(self) -> int:
-        proc = self.image_set_layers()[0][1]
-        return 0 if proc.cache_k is None else proc.cache_k.shape[1]
-
     def embed_condition(self, condition: torch.Tensor) -> torch.Tensor:
         """``E(c_C)``: raw per-image task conditions ``(B, N, ...)`` -> ``(B, N, condition_dim)``."""
         if self.condition_embedder is None:
@@ -143,25 +136,27 @@ class M2MUNet(ModelMixin, ConfigMixin):
 
     @torch.no_grad()
     def encode_context(
-        self, context: torch.Tensor, cond_context: torch.Tensor | None = None, keep: int | None = None
-    ) -> None:
-        """Cache the keys/values of clean context images; they join the end of the cache.
+        self, context: torch.Tensor, cache: ContextCache, cond_context: torch.Tensor | None = None
+    ) -> ContextCache:
+        """Put the keys/values of clean context images into ``cache`` (after those it holds); returns it.
 
         ``context`` is ``(B, Nc, C, h, w)`` clean latents (Self: one UNet pass at t = 0) or
         ``(B, Nc, S, D)`` features of an external context encoder (DINO: DINOv2's). Computed once per
-        context image, the cache serves every denoising step and every later auto-regressive step.
-        ``keep`` (the window W) bounds the cache to the newest images, so its memory stays flat however
-        long the sequence grows.
+        context image, the cache serves every denoising step and every later auto-regressive step; it
+        keeps the newest ``cache.window`` images (W), so its memory stays flat however long the sequence grows.
         """
         batch, n_context = context.shape[:2]
         if not self.context_encoder.external:
-            call = ImageSetCall("encode", batch, n_context=n_context, keep=keep, cond_context=cond_context)
+            call = ImageSetCall("encode", batch, n_context=n_context, cache=cache, cond_context=cond_context)
             t0 = torch.zeros(batch * n_context, device=context.device, dtype=torch.long)
             self.unet(context.flatten(0, 1), t0, encoder_hidden_states=None, cross_attention_kwargs={"image_set": call})
         else:
             features = self._condition_features(context, cond_context).flatten(0, 1)
             for attn, proc in self.image_set_layers():
-                proc.store(attn, features, batch, keep)
+                proc.store(attn, features, batch, cache)
+        for _, proc in self.image_set_layers():  # the window's keys/values with the null token, joined here:
+            cache.visible(proc.layer, cache.window, proc.with_null)  # a compiled forward only reads them
+        return cache
 
     # -- forward --------------------------------------------------------------------------------
 
@@ -173,6 +168,7 @@ class M2MUNet(ModelMixin, ConfigMixin):
         visible: list[int] | None = None,
         cond_query: torch.Tensor | None = None,
         cond_context: torch.Tensor | None = None,
+        cache: ContextCache | None = None,
         window: int | None = None,
         null_context_rows: int = 0,
     ) -> torch.Tensor:
@@ -180,10 +176,12 @@ class M2MUNet(ModelMixin, ConfigMixin):
 
         Args:
             context: clean latents ``(B, Nc, C, h, w)`` (Self) or an external context encoder's
-                features ``(B, Nc, S, D)`` (DINO); None reads the cache filled by ``encode_context``.
+                features ``(B, Nc, S, D)`` (DINO); None reads ``cache``.
             visible: for each noisy image, how many clean images it sees. Default: the causal mask of
                 training, noisy image i sees clean images 1..i-1 (requires Nc = Nq); with the cache,
                 the last ``window`` cached images.
+            cache: the keys/values ``encode_context`` put there, read when ``context`` is None; None
+                (or an empty cache): nothing precedes, every noisy image sees the null token alone.
             cond_query, cond_context: task-condition embeddings ``E(c_C)`` ``(B, N, condition_dim)`` of
                 the noisy and the clean images; zeros (or None) mean "no condition".
             null_context_rows: with the cache, the first rows of the batch whose every cached image is the
@@ -196,11 +194,13 @@ class M2MUNet(ModelMixin, ConfigMixin):
         n_clean = 0
         conditions = {"cond_query": cond_query, "cond_context": cond_context}
         if context is None:
-            n_visible = self.n_cached if window is None else min(window, self.n_cached)
+            n_cached = 0 if cache is None else cache.n_cached
+            n_visible = n_cached if window is None else min(window, n_cached)
             visible = tuple(visible) if visible is not None else (n_visible,) * n_query
-            if max(visible, default=0) > self.n_cached:
-                raise ValueError(f"a noisy image cannot see {max(visible)} images: {self.n_cached} are cached")
-            call = ImageSetCall("cached", batch, visible, window=window, null_rows=null_context_rows, **conditions)
+            if max(visible, default=0) > n_cached:
+                raise ValueError(f"a noisy image cannot see {max(visible)} images: {n_cached} are cached")
+            call = ImageSetCall("cached", batch, visible, cache=cache, window=window, null_rows=null_context_rows,
+                                **conditions)
         else:
             n_context = context.shape[1]
             visible = tuple(visible) if visible is not None else tuple(range(n_query))

@@ -12,6 +12,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from m2m import speed
 from m2m.cli.flags import FALSE, TRUE
 from m2m.models import presets
 from m2m.models.context import context_encoder_names
@@ -81,6 +82,9 @@ class TrainConfig:
     p_drop_condition: float = 0.1  # task condition alone zeroed, for eq. 7
     mixed_precision: str | None = None  # None: $ACCELERATE_MIXED_PRECISION (the pipeline's compute dtype), else "no"
     gradient_checkpointing: bool = False
+    adamw: str = "auto"  # AdamW implementation, one of m2m.speed.ADAMW; auto: PyTorch's choice
+    channels_last: bool = False  # the UNet in NHWC (m2m.speed)
+    sdpa_backend: str | None = None  # attention kernel, one of m2m.speed.SDPA_BACKENDS; None: PyTorch's choice
     ema: bool | None = None  # keep EMA weights and save them as the model
     ema_decay: float | None = None
     checkpoint_every: int | None = None  # 0: no checkpoints
@@ -157,6 +161,9 @@ class TrainConfig:
         for field in ("p_uncond", "p_drop_condition"):
             need(0 <= getattr(self, field) <= 1, field, "must be a probability in [0, 1]")
         need(0 < self.ema_decay < 1, "ema_decay", "must be in (0, 1)")
+        need(self.adamw in speed.ADAMW, "adamw", f"must be one of {', '.join(speed.ADAMW)}")
+        need(self.sdpa_backend is None or self.sdpa_backend in speed.SDPA_BACKENDS, "sdpa_backend",
+             f"must be one of {', '.join(speed.SDPA_BACKENDS)}")
         need(self.mixed_precision in MIXED_PRECISION, "mixed_precision", f"must be one of {', '.join(MIXED_PRECISION)}")
         need(self.micro_batch_size >= 1, "micro_batch_size", "must be at least 1")
         need(

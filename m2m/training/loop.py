@@ -20,6 +20,7 @@ import torch
 from accelerate.logging import get_logger
 
 from m2m.files import atomic_folder
+from m2m.speed import Speed, adamw, sdpa_backend, speed_up
 from m2m.training import checkpoint, flops, noise
 from m2m.training.config import TrainConfig
 from m2m.training.data import check_mis, data_digest, heldout_sets, stored_encodings, training_data
@@ -186,7 +187,7 @@ def start_run(config: TrainConfig) -> Run:
     accelerator.wait_for_everyone()
     set_seed(cfg.seed)  # fixes the weights a task condition adds to a pre-trained model
     pipe = load_pipeline(cfg).to(device)
-    unet = pipe.unet.train()
+    unet = speed_up(pipe.unet.train(), Speed(channels_last=cfg.channels_last))
     if cfg.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
     stored = stored_encodings(cfg, pipe) if cfg.task is None else ()
@@ -194,8 +195,8 @@ def start_run(config: TrainConfig) -> Run:
     heldout = heldout_sets(cfg, pipe.image_size) if accelerator.is_main_process else None
     total = cfg.steps or epoch_steps
 
-    optimizer = torch.optim.AdamW(
-        unet.parameters(), lr=cfg.lr, betas=cfg.adam_betas, weight_decay=cfg.weight_decay, eps=cfg.adam_epsilon
+    optimizer = adamw(
+        unet.parameters(), cfg.adamw, lr=cfg.lr, betas=cfg.adam_betas, weight_decay=cfg.weight_decay, eps=cfg.adam_epsilon
     )
     ema = EMAModel(unet.parameters(), decay=cfg.ema_decay) if cfg.ema else None
     param_names = [name for name, _ in unet.named_parameters()]
@@ -269,7 +270,7 @@ def micro_step(
     used. ``context``: the batch's clean context when it was already encoded (``flops_per_image``)."""
     cfg, accelerator = run.cfg, run.accelerator
     images, conditions = inputs(run, batch)
-    with accelerator.accumulate(run.prepared):
+    with accelerator.accumulate(run.prepared), sdpa_backend(cfg.sdpa_backend):
         if context is None:
             context = encode(run, batch, images)
         loss = eq5(run, images, conditions, context, generator, unet=run.prepared)

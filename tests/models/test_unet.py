@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from m2m.models.cache import ContextCache
 from m2m.models.unet import M2MUNet, load_sd_unet
 from tests.models.conftest import randomize_image_set_attention
 
@@ -70,10 +71,10 @@ def test_cache_equals_joint_pass(sd_unet):
     noisy = torch.randn(2, 1, 3, 32, 32)
     with torch.no_grad():
         joint = model(noisy, 300, context=context, visible=[3])
-        model.encode_context(context[:, :2])
-        model.encode_context(context[:, 2:])
-        cached = model(noisy, 300, visible=[3])
-        windowed = model(noisy, 300, window=2)
+        cache = model.encode_context(context[:, :2], ContextCache())
+        model.encode_context(context[:, 2:], cache)
+        cached = model(noisy, 300, visible=[3], cache=cache)
+        windowed = model(noisy, 300, cache=cache, window=2)
         joint_window = model(noisy, 300, context=context[:, 1:], visible=[2])
     assert torch.allclose(joint, cached, atol=1e-5)
     assert torch.allclose(windowed, joint_window, atol=1e-5)
@@ -103,7 +104,6 @@ def test_own_condition_reaches_an_image_with_nothing_before_it(sd_unet, variant)
     noisy = torch.randn(1, 1, 3, 32, 32)
     step_1, step_4 = (model.embed_condition(torch.tensor([[k]])) for k in (1, 4))
     with torch.no_grad():
-        model.reset_cache()
         first, fourth = model(noisy, 5, cond_query=step_1), model(noisy, 5, cond_query=step_4)
         assert (first - fourth).abs().max() > 1e-3
         assert torch.equal(first, model(noisy, 5, cond_query=step_1))

@@ -21,7 +21,7 @@ def test_mixed_precision_follows_the_pipeline_compute_dtype(monkeypatch):
 @pytest.mark.parametrize(
     ("field", "value"),
     [("lr", -1.0), ("n_images", 1), ("p_uncond", 1.5), ("mixed_precision", "fp8"), ("task_sample", "first"),
-     ("timestep_sampling", "normal")],
+     ("timestep_sampling", "normal"), ("adamw", "apex"), ("sdpa_backend", "xformers")],
 )
 def test_bad_settings_name_their_option(field, value):
     with pytest.raises(ValueError, match=f"--{field.replace('_', '-')}"):

@@ -240,3 +240,21 @@ def test_refuses_to_replace_a_folder_that_is_not_a_model(mis, tmp_path):
     with pytest.raises(ValueError, match="exists and is not an M2M model folder"):
         loop.train(config(tmp_path, data=mis, steps=1))
     assert (tmp_path / "notes.txt").read_text() == "keep me"
+
+
+def test_the_speed_settings_reach_the_optimizer_the_weights_and_every_attention_call(mis, tmp_path, monkeypatch):
+    """--adamw, --channels-last and --sdpa-backend change how a step runs (m2m/speed.py): a fused AdamW, the
+    UNet's weights in NHWC, and every attention kernel of a step on the math backend alone."""
+    run = loop.start_run(config(tmp_path / "m", data=mis, steps=1, adamw="fused", channels_last=True,
+                                sdpa_backend="math"))
+    assert run.optimizer.optimizer.defaults["fused"] is True
+    assert run.pipe.unet.unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    flash_on, kernel = [], torch.nn.functional.scaled_dot_product_attention
+
+    def spy(*args, **kwargs):
+        flash_on.append(torch.backends.cuda.flash_sdp_enabled())
+        return kernel(*args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
+    loop.micro_step(run, next(iter(run.data)))
+    assert flash_on and not any(flash_on)
