@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from m2m.training import checkpoint, loop
+from m2m.training import checkpoint, loop, noise
 from m2m.training.config import TrainConfig
 
 UNET_WEIGHTS = "unet/diffusion_pytorch_model.safetensors"
@@ -256,5 +256,5 @@ def test_the_speed_settings_reach_the_optimizer_the_weights_and_every_attention_
         return kernel(*args, **kwargs)
 
     monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
-    loop.micro_step(run, next(iter(run.data)))
+    loop.micro_step(run, next(iter(run.data)), noise.noise_generator(0, 0, 0, run.accelerator.device))
     assert flash_on and not any(flash_on)
