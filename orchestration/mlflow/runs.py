@@ -185,9 +185,9 @@ def registered_model_description(name: str, settings: dict[str, str]) -> str:
     what = (f"M2M-{settings.get('variant')} fine-tuned for {task} (section 6.2)" if task not in (None, "None")
             else f"M2M-{settings.get('variant')} pre-trained on multi-image sets (eq. 5)")
     return (f"{what}. Every version the pipeline trains gets the alias `challenger`; `champion` moves only "
-            "through the promotion job (`promote_champion` in Dagster, or `m2m registry promote " + name + "`), "
-            "which compares the two on the evaluation's metrics (`metric.*` tags). Do not move `champion` "
-            "with the alias pencil: docs/pipeline.md, \"Who may move champion\".")
+            f"through the promotion (`promote_champion` in Dagster, or `m2m promote --model {name}`), which "
+            "compares the two on the evaluation's metrics (`metric.*` tags) and says why when it refuses. Do "
+            "not move `champion` with the alias pencil (docs/pipeline.md, \"Who may move champion\").")
 
 
 def evaluation_note(name: str, version, ui, training_run: tuple[str, str] | None) -> str:
