@@ -97,9 +97,9 @@ def summary(root: Path) -> str:
         values = ", ".join(f"{k} {v['mean']:.2f} ± {v['std']:.2f}" for k, v in table.items())
         lines.append(f"  {metrics.parent.name}: {values}  ({metrics.with_name('metrics.md').relative_to(root)})")
     ui = MlflowResource().ui()
+    port = urlsplit(ui).port or 80
     serve = (f"  the team's MLflow server -> {ui}" if uri.startswith(("http://", "https://")) else
-             f"  .venv/bin/mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port {urlsplit(ui).port or 80}"
-             f"   -> {ui}")
+             f"  .venv/bin/mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port {port}   -> {ui}")
     training = client.get_experiment_by_name(mlflow_runs.TRAINING_EXPERIMENT)
     groups = ",".join(f"global@global:{group}" for group in ("data", "training", "evaluation"))
     lines += [

@@ -40,7 +40,8 @@ def data_inputs(stage: Stage, groups: dict[str, StageGroup], dvc: Dvc) -> dict[s
 
 def run_tags(stage: Stage, root: Path, md5: str, dagster_run_id: str) -> dict[str, str]:
     """What a run of ``stage`` records about where it came from: the DVC stage and hash, the Dagster asset and
-    run, and MLflow's own source, user and git commit (the runs table's Source and User columns)."""
+    run, and MLflow's own source, user and git commit (the runs table's Source column, the run page's
+    "Created by")."""
     import getpass
 
     from m2m import tracking
