@@ -309,12 +309,14 @@ def end_step(run: Run, micro_losses: list[torch.Tensor]) -> float:
     return step_loss
 
 
+def logs_images(run: Run) -> bool:
+    """Whether this process logs the run's sample grids: the main one, when the run logs to MLflow."""
+    return run.accelerator.is_main_process and bool(run.accelerator.log_with)
+
+
 def sample_grid_now(run: Run):
     """``sample_grid`` of the weights at this step (the EMA weights when the run keeps them, as the model
-    folder will have), with the training weights, mode and random streams left as they were; None on
-    processes other than the main one."""
-    if not run.accelerator.is_main_process:
-        return None
+    folder will have), with the training weights, mode and random streams left as they were."""
     unet, params = run.pipe.unet, list(run.pipe.unet.parameters())
     devices = [unet.device] if unet.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
@@ -331,10 +333,7 @@ def sample_grid_now(run: Run):
 
 
 def log_samples(run: Run, grid) -> None:
-    """The sample grid at this step as the MLflow image ``samples`` (the run page shows it per step), when
-    the run logs to MLflow."""
-    if grid is None or not run.accelerator.is_main_process or not run.accelerator.log_with:
-        return
+    """The sample grid at this step as the MLflow image ``samples`` (the run page shows it per step)."""
     import mlflow
 
     mlflow.log_image(grid, key="samples", step=run.progress.step)
@@ -393,7 +392,7 @@ def steps(run: Run) -> None:
                 t_log, log_from = now, progress.step
             if cfg.checkpoint_every and (progress.step % cfg.checkpoint_every == 0 or progress.step == total):
                 save(run, time.perf_counter() - t_run)
-                if progress.step < total:  # the last grid is the model folder's samples.png (finish)
+                if progress.step < total and logs_images(run):  # the last grid is samples.png (finish)
                     log_samples(run, sample_grid_now(run))
             t_step = time.perf_counter()
     finally:
@@ -413,7 +412,8 @@ def finish(run: Run) -> dict | None:
             run.ema.copy_to(unet.parameters())
         unet.eval()
         grid = sample_grid(run.pipe, cfg, *run.heldout)
-        log_samples(run, grid)
+        if logs_images(run):
+            log_samples(run, grid)
         metrics = train_metrics(
             cfg, accelerator, run.pipe, run.progress, run.epoch_steps, run.settings, run.data, run.stored, run.use
         )
