@@ -25,7 +25,7 @@ import tempfile
 import time
 from datetime import datetime
 from pathlib import Path
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 import requests
 
@@ -338,22 +338,32 @@ def check_dagster_links(dagster: Dagster, mlflow: Mlflow) -> str:
 
 
 def check_grids(mlflow: Mlflow) -> str:
-    """Each training run shows its final sample grid (the artifact view draws the image) and its grids along
-    training (an image per checkpoint, steps named)."""
+    """Each training run shows its final sample grid (the artifact view draws the image, and it loads as a PNG)
+    and its grids along training (the Model metrics tab draws the image chart ``samples``; a grid was logged at
+    a checkpoint before the last step)."""
     experiment = mlflow.experiment("m2m-training")["experiment_id"]
     seen = []
     for run in mlflow.finished_runs("m2m-training"):
         run_id, name = run["info"]["run_id"], run["info"]["run_name"]
+        run_url = links(mlflow.url).run_url(experiment, run_id)
         dom = page(links(mlflow.url).artifact_url(experiment, run_id, "samples.png"))
-        images = [src for src in re.findall(r'<img[^>]+src="([^"]+)"', dom) if "samples.png" in src]
+        images = [html.unescape(src) for src in re.findall(r'<img[^>]+src="([^"]+)"', dom) if "samples.png" in src]
         if not images:
             raise CheckFailed(f"{name}: the artifact view of samples.png draws no image")
-        drawn = requests.get(requests.compat.urljoin(mlflow.url + "/", html.unescape(images[0])), timeout=60)
+        drawn = requests.get(requests.compat.urljoin(mlflow.url + "/", images[0]), timeout=60)
         if not drawn.ok or not drawn.content.startswith(b"\x89PNG"):
             raise CheckFailed(f"{name}: the image the page draws does not load ({drawn.status_code})")
-        steps = sorted(int(m) for m in re.findall(r"samples\+step\+(\d+)\+", " ".join(hrefs(dom) + images)))
-        seen.append(f"{name} ({len(drawn.content) // 1000} KB)")
-    return "final grid drawn for " + ", ".join(seen)
+        charts = page(run_url.replace("?", "/model-metrics?", 1), budget_ms=45000, height=2400)
+        chart = [unquote(src) for src in re.findall(r'<img[^>]+src="([^"]+)"', charts) if "samples%2Bstep" in src]
+        logged = sorted(int(m) for m in re.findall(r"samples\+step\+(\d+)\+", " ".join(
+            f["path"] for f in mlflow.get("artifacts/list", run_id=run_id, path="images").get("files", [])
+            if f["path"].endswith(".png"))))
+        last = int(next((p["value"] for p in run["data"].get("params", []) if p["key"] == "steps"), -1))
+        if not chart or len(logged) < 2 or logged[-1] != last:
+            raise CheckFailed(f"{name}: Model metrics draws {len(chart)} sample image(s); grids logged at steps "
+                              f"{logged} (want one before the last step {last}, and the last)")
+        seen.append(f"{name} (final {len(drawn.content) // 1000} KB; along training at steps {logged})")
+    return "; ".join(seen)
 
 
 def check_training_runs(mlflow: Mlflow) -> str:
