@@ -251,7 +251,7 @@ def check_landing(mlflow: Mlflow) -> str:
         experiment = mlflow.experiment(name)["experiment_id"]
         runs = [run["info"]["run_name"] for run in mlflow.finished_runs(name)]
         words = text_of(page(links(mlflow.url).experiment_url(experiment)))
-        genai = [word for word in GENAI_WORDS if word.lower() in words.lower()]
+        genai = [word for word in GENAI_WORDS if word in words]  # as the GenAI view writes them
         missing = [run for run in runs if run not in words]
         if genai or missing or "Source" not in words:
             raise CheckFailed(f"{name}: GenAI words {genai}, runs not shown {missing}, Source column "
@@ -286,9 +286,7 @@ def check_system_metrics(mlflow: Mlflow) -> str:
     seen = []
     for run in mlflow.finished_runs("m2m-training"):
         url = links(mlflow.url).run_url(experiment, run["info"]["run_id"]).replace("?", "/system-metrics?", 1)
-        words = text_of(page(url, height=3000))
-        if not all(key in words for key in SYSTEM_CHARTS):  # a busy machine: give the charts longer
-            words = text_of(page(url, budget_ms=45000, height=3000))
+        words = text_of(page_until(url, lambda dom: all(key in dom for key in SYSTEM_CHARTS), height=3000))
         charts = [key for key in SYSTEM_CHARTS if key in words]
         if len(charts) != len(SYSTEM_CHARTS):
             raise CheckFailed(f"{run['info']['run_name']}: System metrics tab shows {charts}: {words[:300]!r}")
@@ -321,6 +319,14 @@ def check_evaluation_model(mlflow: Mlflow) -> str:
     return "; ".join(seen)
 
 
+def draws_grid(url: str) -> bool:
+    """Whether the artifact view at ``url`` opened on ``samples.png`` and draws it: the file selected (its path
+    shown) and an image the page fetched for it (MLflow draws artifacts from a ``blob:`` URL)."""
+    shows = lambda dom: ("Path: " in dom and "samples.png" in text_of(dom).split("Path: ", 1)[1][:300]  # noqa: E731
+                         and bool(re.search(r'<img[^>]+src="blob:', dom)))
+    return shows(page_until(url, shows))
+
+
 def check_dagster_links(dagster: Dagster, mlflow: Mlflow) -> str:
     """A trained model's asset page links its MLflow run and its sample grid at the MLflow UI that serves the
     store (whatever its port), and the grid link opens a drawn image: one click from the asset page."""
@@ -331,8 +337,7 @@ def check_dagster_links(dagster: Dagster, mlflow: Mlflow) -> str:
     if not targets or wrong or not samples:
         raise CheckFailed(f"{LINKED_ASSET}: MLflow links {targets} (not at {mlflow.url}: {wrong}); "
                           f"the page read: {text_of(dom)[:300]!r}")
-    grid = page(samples[0])
-    if not [src for src in re.findall(r'<img[^>]+src="([^"]+)"', grid) if "samples.png" in src]:
+    if not draws_grid(samples[0]):
         raise CheckFailed(f"{LINKED_ASSET}: its samples link {samples[0]} draws no image")
     return f"{len(targets)} MLflow link(s) at {mlflow.url}; the samples link draws the grid"
 
@@ -346,14 +351,14 @@ def check_grids(mlflow: Mlflow) -> str:
     for run in mlflow.finished_runs("m2m-training"):
         run_id, name = run["info"]["run_id"], run["info"]["run_name"]
         run_url = links(mlflow.url).run_url(experiment, run_id)
-        dom = page(links(mlflow.url).artifact_url(experiment, run_id, "samples.png"))
-        images = [html.unescape(src) for src in re.findall(r'<img[^>]+src="([^"]+)"', dom) if "samples.png" in src]
-        if not images:
+        if not draws_grid(links(mlflow.url).artifact_url(experiment, run_id, "samples.png")):
             raise CheckFailed(f"{name}: the artifact view of samples.png draws no image")
-        drawn = requests.get(requests.compat.urljoin(mlflow.url + "/", images[0]), timeout=60)
+        drawn = requests.get(f"{mlflow.url}/get-artifact", params={"path": "samples.png", "run_uuid": run_id},
+                             timeout=60)
         if not drawn.ok or not drawn.content.startswith(b"\x89PNG"):
-            raise CheckFailed(f"{name}: the image the page draws does not load ({drawn.status_code})")
-        charts = page(run_url.replace("?", "/model-metrics?", 1), budget_ms=45000, height=2400)
+            raise CheckFailed(f"{name}: samples.png, the image the page draws, does not load ({drawn.status_code})")
+        charts = page_until(run_url.replace("?", "/model-metrics?", 1), lambda dom: "samples%2Bstep" in dom,
+                            height=2400, budgets=(45000, 90000))
         chart = [unquote(src) for src in re.findall(r'<img[^>]+src="([^"]+)"', charts) if "samples%2Bstep" in src]
         logged = sorted(int(m) for m in re.findall(r"samples\+step\+(\d+)\+", " ".join(
             f["path"] for f in mlflow.get("artifacts/list", run_id=run_id, path="images").get("files", [])
@@ -461,6 +466,16 @@ def page(url: str, budget_ms: int = 20000, height: int = 900) -> str:
     return done.stdout
 
 
+def page_until(url: str, shows, height: int = 900, budgets=(20000, 45000, 90000)) -> str:
+    """``page(url)`` rendered with a longer budget each time until ``shows(dom)``: on a busy machine a page's
+    charts may take longer to draw than its frame. The last DOM when none shows it."""
+    for budget in budgets:
+        dom = page(url, budget_ms=budget, height=height)
+        if shows(dom):
+            break
+    return dom
+
+
 def text_of(dom: str) -> str:
     """The visible words of a DOM (tags, scripts and styles dropped), whitespace squeezed."""
     dom = re.sub(r"(?is)<(script|style)\b.*?</\1>", " ", dom)
@@ -519,9 +534,9 @@ def screenshots(folder: Path, dagster: Dagster, mlflow: Mlflow) -> list[str]:
         "mlflow_evaluation_run.png": (link.run_url(evaluation, scored["info"]["run_id"]),
                                       dict(window=mlflow_window, box=(0, 0, 1400, 620))),
         "mlflow_system_metrics.png": (run_url.replace("?", "/system-metrics?", 1),
-                                      dict(window=mlflow_window, box=(0, 0, 1400, 760))),
-        "mlflow_sample_grids.png": (run_url.replace("?", "/model-metrics?", 1),
-                                    dict(window=(1880, 1400), box=(0, 0, 1400, 1300))),
+                                      dict(window=mlflow_window, box=(0, 0, 1400, 760), budget_ms=90000)),
+        "mlflow_samples.png": (link.artifact_url(training, run["info"]["run_id"], "samples.png"),
+                               dict(window=mlflow_window, box=(0, 0, 1400, 760), budget_ms=45000)),
         "dagster_asset_page.png": (f"{dagster.url}/assets/{LINKED_ASSET}", dict(window=(1400, 1100))),
         "dagster_asset_graph.png": (f"{dagster.url}/asset-groups?expanded={groups}",
                                     dict(window=(2200, 1550), box=(600, 170, 2140, 1240), width=1400)),
@@ -529,7 +544,8 @@ def screenshots(folder: Path, dagster: Dagster, mlflow: Mlflow) -> list[str]:
                                  dict(box=(0, 0, 1400, 420))),
         "mlflow_training_runs.png": (link.experiment_url(training),
                                      dict(window=mlflow_window, box=(0, 0, 1400, 480))),
-        "mlflow_loss_chart.png": (f"{mlflow.url}/#/metric?{chart}", dict(window=mlflow_window, box=(0, 0, 1400, 620))),
+        "mlflow_loss_chart.png": (f"{mlflow.url}/#/metric?{chart}",
+                                  dict(window=mlflow_window, box=(0, 0, 1400, 620), budget_ms=60000)),
         "mlflow_model_version.png": (f"{mlflow.url}/#/models/m2m-dino/versions/{version['version']}",
                                      dict(window=mlflow_window, box=mlflow_box)),
     }
@@ -564,7 +580,7 @@ def start_servers(servers: list[subprocess.Popen], logs: Path, timeout: float) -
         "dagster dev": [str(bin_dir / "dagster"), "dev", "--host", "127.0.0.1",
                         "--port", dagster.url.rsplit(":", 1)[1]],
         "mlflow ui": [str(bin_dir / "mlflow"), "ui", "--backend-store-uri", store, "--host", "127.0.0.1",
-                      "--port", mlflow.url.rsplit(":", 1)[1]],
+                      "--port", mlflow.url.rsplit(":", 1)[1], "--workers", "1"],  # one page at a time
     }
     for name, command in commands.items():
         servers.append(start(command, logs / f"{name.split()[0]}.log", env))
