@@ -364,8 +364,9 @@ def check_grids(mlflow: Mlflow) -> str:
                              timeout=60)
         if not drawn.ok or not drawn.content.startswith(b"\x89PNG"):
             raise CheckFailed(f"{name}: samples.png, the image the page draws, does not load ({drawn.status_code})")
+        # tall enough to reach the image chart below the summary/ section's charts (drawn only in view)
         charts = page_until(run_url.replace("?", "/model-metrics?", 1), lambda dom: "samples%2Bstep" in dom,
-                            height=2400, budgets=(45000, 90000))
+                            height=5000, budgets=(45000, 90000))
         chart = [unquote(src) for src in re.findall(r'<img[^>]+src="([^"]+)"', charts) if "samples%2Bstep" in src]
         logged = sorted(int(m) for m in re.findall(r"samples\+step\+(\d+)\+", " ".join(
             f["path"] for f in mlflow.get("artifacts/list", run_id=run_id, path="images").get("files", [])
