@@ -128,7 +128,7 @@ def test_logs_settings_and_the_loss_into_the_mlflow_run_it_is_given(mis, tmp_pat
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(uri)
-    run_id = client.create_run(client.create_experiment("m2m-training")).info.run_id
+    run_id = client.create_run(client.create_experiment("m2m-training", (tmp_path / "artifacts").as_uri())).info.run_id
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.setenv("MLFLOW_RUN_ID", run_id)
     monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "m2m-training")
@@ -159,7 +159,7 @@ def test_sample_grids_along_training_leave_the_training_as_it_was(mis, tmp_path,
     loop.train(config(tmp_path / "quiet", **shared))
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(uri)
-    run_id = client.create_run(client.create_experiment("m2m-training")).info.run_id
+    run_id = client.create_run(client.create_experiment("m2m-training", (tmp_path / "artifacts").as_uri())).info.run_id
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.setenv("MLFLOW_RUN_ID", run_id)
     loop.train(config(tmp_path / "logged", **shared))
