@@ -135,11 +135,28 @@ def set_metrics(model: str, version: str, metrics: dict[str, float], client=None
     """Record ``metrics`` on a version as ``metric.<name>`` tags (what :func:`promote` compares)."""
     client = _client(client)
     for name, value in metrics.items():
-        client.set_model_version_tag(model, version, f"{METRIC_TAG}{name}", repr(float(value)))
+        client.set_model_version_tag(model, version, f"{METRIC_TAG}{name}", metric_text(value))
+
+
+def metric_text(value: float) -> str:
+    """A metric as a version tag people read: six significant digits (``0.166667``, not ``0.16666666666666666``),
+    finer than any difference :func:`promote` is meant to act on."""
+    return f"{float(value):.6g}"
 
 
 def tag_version(model: str, version: str, key: str, value: str, client=None) -> None:
     _client(client).set_model_version_tag(model, version, key, value)
+
+
+EVALUATED_IN = "\n\nEvaluated in "
+
+
+def note_evaluation(model: str, version: str, run_url: str, client=None) -> None:
+    """End the version's description with a link to the run that evaluated it (tags are plain text on the
+    version's page; its description is markdown), replacing the link of an earlier evaluation."""
+    client = _client(client)
+    text = (client.get_model_version(model, str(version)).description or "").split(EVALUATED_IN)[0]
+    client.update_model_version(model, str(version), description=f"{text}{EVALUATED_IN}[this run]({run_url}).")
 
 
 def aliases_of(model: str, version: str, client=None) -> list[str]:
@@ -147,15 +164,21 @@ def aliases_of(model: str, version: str, client=None) -> list[str]:
     return list(_client(client).get_model_version(model, str(version)).aliases or [])
 
 
-def register(model_uri: str, model: str, tags: dict[str, str], description: str | None = None, client=None):
+def register(model_uri: str, model: str, tags: dict[str, str], description: str | None = None, client=None,
+             model_description: str | None = None, model_tags: dict[str, str] | None = None):
     """Register ``model_uri`` as a new version of ``model`` (with ``description``, shown on the version's
-    page) and give it the ``challenger`` alias."""
+    page) and give it the ``challenger`` alias. ``model_description`` and ``model_tags`` describe the
+    registered model itself (its page and the models list); a description someone wrote there is kept."""
     import mlflow
 
     client = _client(client)
     version = mlflow.register_model(model_uri, model, tags=tags)
     if description:
         client.update_model_version(model, version.version, description=description)
+    if model_description and not (client.get_registered_model(model).description or "").strip():
+        client.update_registered_model(model, description=model_description)
+    for key, value in (model_tags or {}).items():
+        client.set_registered_model_tag(model, key, value)
     client.set_registered_model_alias(model, CHALLENGER, version.version)
     return client.get_model_version(model, version.version)
 

@@ -23,14 +23,19 @@ import signal
 import sys
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import dagster as dg
 
+from orchestration.defs.assets import RAW_CAPTIONS
 from orchestration.defs.jobs import PREPARE_JOB, SHARDS_JOB, TRAIN_JOB
 from orchestration.defs.promotion import promote_champion
-from orchestration.defs.resources import ComputeResource
+from orchestration.defs.resources import ComputeResource, MlflowResource
 from orchestration.dvc import team
+from orchestration.dvc.cli import Dvc
 from orchestration.dvc.stages import PipelineError, load_pipeline
+from orchestration.materialize.stage import data_version
+from orchestration.mlflow import runs as mlflow_runs
 from orchestration.project import REPO, project_root
 from orchestration.runs import plan, pool, recovery
 from orchestration.runs.follow import Follower
@@ -91,14 +96,21 @@ def summary(root: Path) -> str:
         table = json.loads(metrics.read_text(encoding="utf-8"))["summary"]
         values = ", ".join(f"{k} {v['mean']:.2f} ± {v['std']:.2f}" for k, v in table.items())
         lines.append(f"  {metrics.parent.name}: {values}  ({metrics.with_name('metrics.md').relative_to(root)})")
+    ui = MlflowResource().ui()
+    port = urlsplit(ui).port or 80
+    serve = (f"  the team's MLflow server -> {ui}" if uri.startswith(("http://", "https://")) else
+             f"  .venv/bin/mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port {port}   -> {ui}")
+    training = client.get_experiment_by_name(mlflow_runs.TRAINING_EXPERIMENT)
+    groups = ",".join(f"global@global:{group}" for group in ("data", "training", "evaluation"))
     lines += [
         "Sample grids: assets/models/*/samples.png, assets/eval/*/grid.png",
         "Open the UIs (both on 127.0.0.1):",
         f"  DAGSTER_HOME={os.environ['DAGSTER_HOME']} .venv/bin/dagster dev --host 127.0.0.1 --port 3000"
-        "   -> http://127.0.0.1:3000",
-        f"  the team's MLflow server -> {uri}" if uri.startswith(("http://", "https://")) else
-        f"  .venv/bin/mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000   -> http://127.0.0.1:5000",
+        f"   -> http://127.0.0.1:3000/asset-groups?expanded={groups}",
+        serve,
     ]
+    if training is not None:
+        lines.append(f"  training runs: {MlflowResource().experiment_url(training.experiment_id)}")
     return "\n".join(lines)
 
 
@@ -119,13 +131,44 @@ def train_job_checks() -> list[tuple[str, str]]:
     return sorted((key.asset_key.to_user_string(), key.name) for key in graph.asset_check_keys)
 
 
+def stale(spec: plan.RunSpec, groups, dvc: Dvc, instance: dg.DagsterInstance) -> bool:
+    """Whether ``spec`` has work to do: DVC sees a stage it makes changed, or Dagster's latest materialization
+    of an asset (or partition) it makes is missing or records other data than dvc.lock has (a fresh clone
+    after ``dvc pull``; a step whose command ran but whose reporting failed)."""
+    if spec.key == plan.CAPTIONS and latest_metadata(instance, RAW_CAPTIONS, None) is None:
+        return True
+    for name in spec.makes:
+        stage = groups[name].stage(spec.partition)
+        if dvc.status(stage.name):
+            return True
+        recorded = latest_metadata(instance, name, spec.partition)
+        if recorded is None or recorded.get("dvc md5") != data_version(dvc.hashes(stage.name, "outs")):
+            return True
+    return False
+
+
+def latest_metadata(instance: dg.DagsterInstance, asset: str, partition: str | None) -> dict | None:
+    """The metadata values of the asset's (partition's) latest materialization; None when it has none."""
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=[partition] if partition else None),
+        limit=1,
+    ).records
+    if not records:
+        return None
+    return {key: value.value for key, value in records[0].asset_materialization.metadata.items()}
+
+
 def run_chain(server: DagsterServer, instance: dg.DagsterInstance, root: Path, promote: bool,
               left: list[dg.DagsterRun]) -> int:
     follower = Follower(server, instance)
     try:
         follow_leftovers(follower, left)
         jobs = {"prepare": PREPARE_JOB, "shards": SHARDS_JOB, "train": TRAIN_JOB, "promote": promote_champion.name}
-        specs = plan.plan(load_pipeline(root), jobs, train_job_checks(), promote)
+        groups = load_pipeline(root)
+        specs, current = plan.to_run(plan.plan(groups, jobs, train_job_checks(), promote),
+                                     lambda spec: stale(spec, groups, Dvc(root), instance))
+        if current:
+            print(f"\nup to date, not run (no new materialization): {', '.join(current)}", flush=True)
         print(f"\n=== {len(specs)} runs, each as its inputs are ready ===", flush=True)
         outcome = follower.run(specs)
     except KeyboardInterrupt:

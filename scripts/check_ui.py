@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import html
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -23,7 +25,7 @@ import tempfile
 import time
 from datetime import datetime
 from pathlib import Path
-from urllib.parse import quote
+from urllib.parse import quote, unquote, urlsplit
 
 import requests
 
@@ -34,6 +36,12 @@ SENSOR = "promote_after_evaluation"
 REFUSED_TAG = "m2m/promotion_refused"
 TRAIN_PARAMS = ("lr", "batch_size", "variant", "images_per_step")
 MAX_PNG_BYTES = 300_000
+# words of MLflow's GenAI view (its overview's charts, its sidebar's name for runs), which a model-training
+# experiment must not open on
+GENAI_WORDS = ("Token Usage", "Latency", "Tool calls", "Evaluation runs")
+SYSTEM_CHARTS = ("system/cpu_utilization_percentage", "system/system_memory_usage_megabytes")
+MIN_PRETRAIN_POINTS = 100
+LINKED_ASSET = "m2m_dino_pretrained"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
@@ -128,9 +136,9 @@ class Mlflow:
     def __init__(self, url: str):
         self.url = url
 
-    def get(self, path: str, body: dict | None = None, **params) -> dict:
-        """GET ``path`` with ``params``, or POST ``body`` to it."""
-        url = f"{self.url}/api/2.0/mlflow/{path}"
+    def get(self, endpoint: str, body: dict | None = None, **params) -> dict:
+        """GET ``endpoint`` with ``params``, or POST ``body`` to it."""
+        url = f"{self.url}/api/2.0/mlflow/{endpoint}"
         answer = requests.post(url, json=body, timeout=60) if body else requests.get(url, params=params, timeout=60)
         answer.raise_for_status()
         return answer.json()
@@ -227,13 +235,148 @@ def check_asset_graph(dagster: Dagster) -> str:
     return f"{len(shown)} assets (all materialized), {len(checks)} asset checks"
 
 
-def check_experiments(mlflow: Mlflow) -> str:
-    """Both experiments open on their runs (the kind tag), not on the GenAI traces view."""
-    kinds = {name: tags_of(mlflow.experiment(name)).get("mlflow.experimentKind")
-             for name in ("m2m-training", "m2m-evaluation")}
-    if set(kinds.values()) != {"custom_model_development"}:
-        raise CheckFailed(f"mlflow.experimentKind: {kinds}")
-    return f"mlflow.experimentKind: {kinds}"
+def links(url: str):
+    """The project's MLflow links (``MlflowResource``) for the UI served at ``url``."""
+    sys.path.insert(0, str(ROOT))
+    from orchestration.defs.resources import MlflowResource
+
+    return MlflowResource(ui_url=url)
+
+
+def check_landing(mlflow: Mlflow) -> str:
+    """Each experiment, opened by the link the project gives, lands on its runs table (the run names and the
+    Source column), not on MLflow's GenAI overview (traces, latency, token usage)."""
+    seen = []
+    for name in ("m2m-training", "m2m-evaluation"):
+        experiment = mlflow.experiment(name)["experiment_id"]
+        runs = [run["info"]["run_name"] for run in mlflow.finished_runs(name)]
+        words = text_of(page(links(mlflow.url).experiment_url(experiment)))
+        genai = [word for word in GENAI_WORDS if word in words]  # as the GenAI view writes them
+        missing = [run for run in runs if run not in words]
+        if genai or missing or "Source" not in words:
+            raise CheckFailed(f"{name}: GenAI words {genai}, runs not shown {missing}, Source column "
+                              f"{'shown' if 'Source' in words else 'absent'}; the page read: {words[:300]!r}")
+        seen.append(f"{name}: {len(runs)} runs listed")
+    return "; ".join(seen)
+
+
+def check_source_column(mlflow: Mlflow) -> str:
+    """The training runs table shows each run's Source (its dvc.yaml stage), not "-"; each run's page says who
+    made it ("Created by", MLflow's user)."""
+    experiment = mlflow.experiment("m2m-training")["experiment_id"]
+    words = text_of(page(links(mlflow.url).experiment_url(experiment)))
+    runs = mlflow.finished_runs("m2m-training")
+    sources = {tags_of(run["data"]).get("mlflow.source.name", "") for run in runs}
+    shown = [source for source in sources if source and source in words]
+    if not runs or len(shown) != len(sources):
+        raise CheckFailed(f"sources {sorted(sources)}, shown in the runs table: {sorted(shown)}")
+    users = set()
+    for run in runs:
+        user = tags_of(run["data"]).get("mlflow.user", "")
+        run_page = text_of(page(links(mlflow.url).run_url(experiment, run["info"]["run_id"])))
+        if not user or f"Created by {user}" not in run_page:
+            raise CheckFailed(f"{run['info']['run_name']}: its page does not say who made it (mlflow.user {user!r})")
+        users.add(user)
+    return f"{len(runs)} runs; sources shown: {', '.join(sorted(shown))}; created by {', '.join(sorted(users))}"
+
+
+def check_system_metrics(mlflow: Mlflow) -> str:
+    """Each training run's System metrics tab lists its CPU and memory charts: their legends once drawn, or, on a
+    machine too busy to draw them in time, the tab's "System metrics (N)" header with N the run's system
+    metrics (CPU and memory among them), where a run without them shows an empty tab."""
+    experiment = mlflow.experiment("m2m-training")["experiment_id"]
+    seen = []
+    for run in mlflow.finished_runs("m2m-training"):
+        logged = {m["key"] for m in run["data"].get("metrics", []) if m["key"].startswith("system/")}
+        header = f"System metrics ({len(logged)})"
+        url = links(mlflow.url).run_url(experiment, run["info"]["run_id"]).replace("?", "/system-metrics?", 1)
+        words = text_of(page_until(url, lambda dom: all(key in dom for key in SYSTEM_CHARTS), height=3000,
+                                   budgets=(20000, 45000)))
+        charts = [key for key in SYSTEM_CHARTS if key in words]
+        drawn = len(charts) == len(SYSTEM_CHARTS)
+        if not set(SYSTEM_CHARTS) <= logged or not (drawn or header in words):
+            raise CheckFailed(f"{run['info']['run_name']}: System metrics tab shows {charts}, logged "
+                              f"{sorted(logged)}: {words[200:700]!r}")
+        seen.append(f"{run['info']['run_name']} ({'charts drawn' if drawn else header})")
+    return "CPU and memory on " + ", ".join(seen)
+
+
+def check_evaluation_model(mlflow: Mlflow) -> str:
+    """An evaluation run's page names the model version it scored, as a link to that version's page; and the
+    version's page links back to the run."""
+    experiment = mlflow.experiment("m2m-evaluation")["experiment_id"]
+    versions = {mlflow.model_id(v): v for v in mlflow.versions()}
+    seen = []
+    for run in mlflow.finished_runs("m2m-evaluation"):
+        full = mlflow.get("runs/get", run_id=run["info"]["run_id"])["run"]
+        scored = [versions[m["model_id"]] for m in full.get("inputs", {}).get("model_inputs", [])
+                  if m["model_id"] in versions]
+        if not scored:
+            raise CheckFailed(f"{run['info']['run_name']}: no registered version among its model inputs")
+        version = scored[0]
+        dom = page(links(mlflow.url).run_url(experiment, run["info"]["run_id"]))
+        target = f"#/models/{version['name']}/versions/{version['version']}"
+        label = f"{version['name']} v{version['version']}"
+        if not any(link.endswith(target) for link in hrefs(dom)) or label not in text_of(dom):
+            raise CheckFailed(f"{run['info']['run_name']}: its page has no link to {label} ({target})")
+        back = page(f"{mlflow.url}/{target}")
+        if not any(run["info"]["run_id"] in link for link in hrefs(back)):
+            raise CheckFailed(f"{label}: its page has no link to the evaluation run {run['info']['run_id']}")
+        seen.append(f"{run['info']['run_name']} -> {label} -> back")
+    return "; ".join(seen)
+
+
+def draws_grid(url: str) -> bool:
+    """Whether the artifact view at ``url`` opened on ``samples.png`` and draws it: the file selected (its path
+    shown) and an image the page fetched for it (MLflow draws artifacts from a ``blob:`` URL)."""
+    shows = lambda dom: ("Path: " in dom and "samples.png" in text_of(dom).split("Path: ", 1)[1][:300]  # noqa: E731
+                         and bool(re.search(r'<img[^>]+src="blob:', dom)))
+    return shows(page_until(url, shows))
+
+
+def check_dagster_links(dagster: Dagster, mlflow: Mlflow) -> str:
+    """A trained model's asset page links its MLflow run and its sample grid at the MLflow UI that serves the
+    store (whatever its port), and the grid link opens a drawn image: one click from the asset page."""
+    dom = page(f"{dagster.url}/assets/{LINKED_ASSET}")
+    targets = [link for link in hrefs(dom) if "/#/experiments/" in link]
+    wrong = [link for link in targets if not link.startswith(f"{mlflow.url}/")]
+    samples = [link for link in targets if "/artifacts/samples.png" in link]
+    if not targets or wrong or not samples:
+        raise CheckFailed(f"{LINKED_ASSET}: MLflow links {targets} (not at {mlflow.url}: {wrong}); "
+                          f"the page read: {text_of(dom)[:300]!r}")
+    if not draws_grid(samples[0]):
+        raise CheckFailed(f"{LINKED_ASSET}: its samples link {samples[0]} draws no image")
+    return f"{len(targets)} MLflow link(s) at {mlflow.url}; the samples link draws the grid"
+
+
+def check_grids(mlflow: Mlflow) -> str:
+    """Each training run shows its final sample grid (the artifact view draws the image, and it loads as a PNG)
+    and its grids along training (the Model metrics tab draws the image chart ``samples``; a grid was logged at
+    a checkpoint before the last step)."""
+    experiment = mlflow.experiment("m2m-training")["experiment_id"]
+    seen = []
+    for run in mlflow.finished_runs("m2m-training"):
+        run_id, name = run["info"]["run_id"], run["info"]["run_name"]
+        run_url = links(mlflow.url).run_url(experiment, run_id)
+        if not draws_grid(links(mlflow.url).artifact_url(experiment, run_id, "samples.png")):
+            raise CheckFailed(f"{name}: the artifact view of samples.png draws no image")
+        drawn = requests.get(f"{mlflow.url}/get-artifact", params={"path": "samples.png", "run_uuid": run_id},
+                             timeout=60)
+        if not drawn.ok or not drawn.content.startswith(b"\x89PNG"):
+            raise CheckFailed(f"{name}: samples.png, the image the page draws, does not load ({drawn.status_code})")
+        # tall enough to reach the image chart below the summary/ section's charts (drawn only in view)
+        charts = page_until(run_url.replace("?", "/model-metrics?", 1), lambda dom: "samples%2Bstep" in dom,
+                            height=5000, budgets=(45000, 90000))
+        chart = [unquote(src) for src in re.findall(r'<img[^>]+src="([^"]+)"', charts) if "samples%2Bstep" in src]
+        logged = sorted(int(m) for m in re.findall(r"samples\+step\+(\d+)\+", " ".join(
+            f["path"] for f in mlflow.get("artifacts/list", run_id=run_id, path="images").get("files", [])
+            if f["path"].endswith(".png"))))
+        last = int(next((p["value"] for p in run["data"].get("params", []) if p["key"] == "steps"), -1))
+        if not chart or len(logged) < 2 or logged[-1] != last:
+            raise CheckFailed(f"{name}: Model metrics draws {len(chart)} sample image(s); grids logged at steps "
+                              f"{logged} (want one before the last step {last}, and the last)")
+        seen.append(f"{name} (final {len(drawn.content) // 1000} KB; along training at steps {logged})")
+    return "; ".join(seen)
 
 
 def check_training_runs(mlflow: Mlflow) -> str:
@@ -251,6 +394,13 @@ def check_training_runs(mlflow: Mlflow) -> str:
         last = int(next((p["value"] for p in data.get("params", []) if p["key"] == "steps"), -1))
         live = (len(history) >= 2 and steps == sorted(set(steps)) and steps[-1] == last
                 and all(a < b for a, b in zip(stamps, stamps[1:])))
+        pretraining = name.endswith("_pretrained")
+        if pretraining and len(history) < MIN_PRETRAIN_POINTS:
+            raise CheckFailed(f"{name}: its loss curve has {len(history)} points (< {MIN_PRETRAIN_POINTS})")
+        summary = {m["key"]: m["value"] for m in data.get("metrics", []) if m["key"].startswith("summary/")}
+        if history and summary.get("summary/final_loss") != history[-1]["value"]:
+            raise CheckFailed(f"{name}: summary/final_loss {summary.get('summary/final_loss')} is not the last loss "
+                              f"point {history[-1]['value']}")
         if not set(TRAIN_PARAMS) <= params or finals or not live:
             raise CheckFailed(f"{name}: missing params {sorted(set(TRAIN_PARAMS) - params)}, final.* metrics {finals}, "
                               f"loss history {len(history)} points, steps {steps[:5]}..., timestamps {stamps[:5]}...")
@@ -275,9 +425,17 @@ def check_model_versions(mlflow: Mlflow) -> str:
                 datetime.fromisoformat(since)
             except ValueError:
                 raise CheckFailed(f"{label}: champion_since={since!r} is not ISO 8601") from None
+        unrounded = {k: v for k, v in tags_of(version).items() if k.startswith("metric.") and len(v) > 12}
+        if unrounded:
+            raise CheckFailed(f"{label}: metric tags not rounded: {unrounded}")
+    for name in sorted({v["name"] for v in versions}):
+        model = mlflow.get("registered-models/get", name=name)["registered_model"]
+        if not model.get("description", "").strip() or not tags_of(model):
+            raise CheckFailed(f"registered model {name} has no description or no tags")
     champions = [f"{v['name']} v{v['version']} since {tags_of(v)['champion_since']}" for v in versions
                  if "champion_since" in tags_of(v)]
-    return f"{len(versions)} versions with description and signature; champion_since: " + "; ".join(champions)
+    return (f"{len(versions)} versions with description, signature and rounded metric tags; registered models "
+            "described and tagged; champion_since: " + "; ".join(champions))
 
 
 def check_evaluation_inputs(mlflow: Mlflow) -> str:
@@ -295,6 +453,45 @@ def check_evaluation_inputs(mlflow: Mlflow) -> str:
             raise CheckFailed(f"{run['info']['run_name']} lists no model input")
         seen.append(f"{run['info']['run_name']} <- {', '.join(model_names.get(i, i) for i in inputs)}")
     return "; ".join(seen)
+
+
+# --- what a page shows, as headless chromium renders it --------------------------------------------------------------
+
+def page(url: str, budget_ms: int = 20000, height: int = 900) -> str:
+    """The DOM of ``url`` once headless chromium has run its scripts for ``budget_ms`` of virtual time: what a
+    user's browser shows, redirects and all (the pages are single-page apps: their HTML alone is empty), in a
+    window ``height`` pixels high (charts below it are drawn only when scrolled to)."""
+    if not CHROMIUM:
+        raise CheckFailed("chromium not found on PATH: the pages cannot be rendered")
+    with tempfile.TemporaryDirectory() as profile:
+        done = subprocess.run(
+            [CHROMIUM, "--headless=new", "--no-sandbox", "--disable-gpu", f"--user-data-dir={profile}",
+             f"--window-size=1400,{height}", f"--virtual-time-budget={budget_ms}", "--dump-dom", url],
+            capture_output=True, text=True, timeout=240,
+        )
+    if done.returncode != 0 or not done.stdout.strip():
+        raise CheckFailed(f"chromium could not render {url}: {done.stderr.strip().splitlines()[-1:]}")
+    return done.stdout
+
+
+def page_until(url: str, shows, height: int = 900, budgets=(20000, 45000, 90000)) -> str:
+    """``page(url)`` rendered with a longer budget each time until ``shows(dom)``: on a busy machine a page's
+    charts may take longer to draw than its frame. The last DOM when none shows it."""
+    for budget in budgets:
+        dom = page(url, budget_ms=budget, height=height)
+        if shows(dom):
+            break
+    return dom
+
+
+def text_of(dom: str) -> str:
+    """The visible words of a DOM (tags, scripts and styles dropped), whitespace squeezed."""
+    dom = re.sub(r"(?is)<(script|style)\b.*?</\1>", " ", dom)
+    return " ".join(html.unescape(re.sub(r"(?s)<[^>]+>", " ", dom)).split())
+
+
+def hrefs(dom: str) -> list[str]:
+    return [html.unescape(link) for link in re.findall(r'href="([^"]+)"', dom)]
 
 
 # --- screenshots -----------------------------------------------------------------------------------------------------
@@ -337,18 +534,47 @@ def screenshots(folder: Path, dagster: Dagster, mlflow: Mlflow) -> list[str]:
         "runs": [run["info"]["run_id"]], "metric": "loss", "experiments": [training], "plot_metric_keys": ["loss"],
     }.items()) + "&x_axis=relative"
     mlflow_window, mlflow_box = (1880, 900), (0, 0, 1400, 900)
+    link = links(mlflow.url)
+    evaluation = mlflow.experiment("m2m-evaluation")["experiment_id"]
+    scored = next(r for r in mlflow.finished_runs("m2m-evaluation") if r["info"]["run_name"].endswith("m2m-dino"))
+    run_url = link.run_url(training, run["info"]["run_id"])
     pages = {
+        "mlflow_evaluation_run.png": (link.run_url(evaluation, scored["info"]["run_id"]),
+                                      dict(window=mlflow_window, box=(0, 0, 1400, 620))),
+        "mlflow_system_metrics.png": (run_url.replace("?", "/system-metrics?", 1),
+                                      dict(window=mlflow_window, box=(0, 0, 1400, 760), budget_ms=90000)),
+        "mlflow_samples.png": (link.artifact_url(training, run["info"]["run_id"], "samples.png"),
+                               dict(window=mlflow_window, box=(0, 0, 1400, 760), budget_ms=45000)),
+        "dagster_asset_page.png": (f"{dagster.url}/assets/{LINKED_ASSET}", dict(window=(1400, 1100))),
         "dagster_asset_graph.png": (f"{dagster.url}/asset-groups?expanded={groups}",
                                     dict(window=(2200, 1550), box=(600, 170, 2140, 1240), width=1400)),
         "dagster_job_runs.png": (f"{dagster.url}/locations/{LOCATION}/jobs/train_and_evaluate/runs",
                                  dict(box=(0, 0, 1400, 420))),
-        "mlflow_training_runs.png": (f"{mlflow.url}/#/experiments/{training}/runs",
+        "mlflow_training_runs.png": (link.experiment_url(training),
                                      dict(window=mlflow_window, box=(0, 0, 1400, 480))),
-        "mlflow_loss_chart.png": (f"{mlflow.url}/#/metric?{chart}", dict(window=mlflow_window, box=(0, 0, 1400, 620))),
+        "mlflow_loss_chart.png": (f"{mlflow.url}/#/metric?{chart}",
+                                  dict(window=mlflow_window, box=(0, 0, 1400, 620), budget_ms=60000)),
         "mlflow_model_version.png": (f"{mlflow.url}/#/models/m2m-dino/versions/{version['version']}",
                                      dict(window=mlflow_window, box=mlflow_box)),
     }
     return [screenshot(url, folder / name, **options) for name, (url, options) in pages.items()]
+
+
+def links_ui() -> str:
+    """Where the project's links say the MLflow UI is (``MlflowResource``: ``$M2M_MLFLOW_UI_URL`` or port 5000
+    on 127.0.0.1): the check serves the store there, so that the links it follows are the ones users get."""
+    sys.path.insert(0, str(ROOT))
+    from orchestration.defs.resources import MlflowResource
+
+    url = MlflowResource(tracking_uri="sqlite:///").ui()
+    parts = urlsplit(url)
+    if parts.hostname != "127.0.0.1" or not parts.port:
+        sys.exit(f"error: the project's MLflow links go to {url}; set M2M_MLFLOW_UI_URL to a 127.0.0.1 port")
+    with socket.socket() as sock:
+        if sock.connect_ex(("127.0.0.1", parts.port)) == 0:
+            sys.exit(f"error: port {parts.port} of {url} (where the project's MLflow links go) is taken; "
+                     "stop what listens there or set M2M_MLFLOW_UI_URL to a free port")
+    return url
 
 
 def start_servers(servers: list[subprocess.Popen], logs: Path, timeout: float) -> tuple[Dagster, Mlflow]:
@@ -357,12 +583,12 @@ def start_servers(servers: list[subprocess.Popen], logs: Path, timeout: float) -
     env = {**os.environ, "DAGSTER_HOME": os.environ.get("DAGSTER_HOME", str(ROOT / ".dagster"))}
     bin_dir, store = Path(sys.executable).parent, f"sqlite:///{ROOT / 'mlflow' / 'mlflow.db'}"
     dagster = Dagster(f"http://127.0.0.1:{free_port()}")
-    mlflow = Mlflow(f"http://127.0.0.1:{free_port()}")
+    mlflow = Mlflow(links_ui())
     commands = {
         "dagster dev": [str(bin_dir / "dagster"), "dev", "--host", "127.0.0.1",
                         "--port", dagster.url.rsplit(":", 1)[1]],
         "mlflow ui": [str(bin_dir / "mlflow"), "ui", "--backend-store-uri", store, "--host", "127.0.0.1",
-                      "--port", mlflow.url.rsplit(":", 1)[1]],
+                      "--port", mlflow.url.rsplit(":", 1)[1], "--workers", "1"],  # one page at a time
     }
     for name, command in commands.items():
         servers.append(start(command, logs / f"{name.split()[0]}.log", env))
@@ -403,10 +629,15 @@ def main() -> int:
             "dagster: job pages list the main command's runs": lambda: check_job_pages(dagster),
             "dagster: promotion run tagged": lambda: check_promotion_tag(dagster),
             "dagster: asset graph": lambda: check_asset_graph(dagster),
-            "mlflow: experiment kind": lambda: check_experiments(mlflow),
             "mlflow: training runs": lambda: check_training_runs(mlflow),
             "mlflow: model versions": lambda: check_model_versions(mlflow),
             "mlflow: evaluation runs list their model": lambda: check_evaluation_inputs(mlflow),
+            "page: experiments open on their runs": lambda: check_landing(mlflow),
+            "page: Source column and user": lambda: check_source_column(mlflow),
+            "page: System metrics tab": lambda: check_system_metrics(mlflow),
+            "page: an evaluation run names its model": lambda: check_evaluation_model(mlflow),
+            "page: sample grids drawn": lambda: check_grids(mlflow),
+            "page: Dagster's MLflow links": lambda: check_dagster_links(dagster, mlflow),
             f"dagster: sensor {SENSOR} first ticks": lambda: check_sensor(dagster, started),
         })
         if args.screenshots:

@@ -192,3 +192,35 @@ def test_cli_bad_flags_are_one_line(store, capsys):
     assert capsys.readouterr().err.strip() == "m2m promote: error: --to-version needs --rollback"
     assert main(["promote", "--model", MODEL, "--metric", "fid", "--project", str(store)]) == 2
     assert "expected NAME:min or NAME:max" in capsys.readouterr().err
+
+
+def test_metric_tags_read_as_six_significant_digits(store):
+    version = new_version(store, {"consistency": 1 / 6, "fid": 123456.789})
+    tags = registry.alias_version(MODEL, registry.CHALLENGER).tags
+    assert tags["metric.consistency"] == "0.166667" and tags["metric.fid"] == "123457"
+    assert registry.metrics_of(registry.alias_version(MODEL, registry.CHALLENGER)) == {
+        "consistency": 0.166667, "fid": 123457.0}
+    assert version == "1"
+
+
+def test_the_registered_model_gets_a_description_and_tags_once(store):
+    from mlflow.tracking import MlflowClient
+
+    register = lambda text: registry.register(  # noqa: E731
+        (store / uuid.uuid4().hex).as_uri(), MODEL, tags={}, model_description=text, model_tags={"variant": "Self"})
+    register("M2M-Self pre-trained.")
+    client = MlflowClient()
+    client.update_registered_model(MODEL, description="Edited by the team.")
+    register("M2M-Self pre-trained.")
+    model = client.get_registered_model(MODEL)
+    assert model.description == "Edited by the team." and model.tags == {"variant": "Self"}
+
+
+def test_the_version_description_links_its_latest_evaluation(store):
+    from mlflow.tracking import MlflowClient
+
+    version = registry.register((store / "a").as_uri(), MODEL, tags={}, description="Trained 200 steps.").version
+    registry.note_evaluation(MODEL, version, "http://127.0.0.1:5077/#/experiments/2/runs/first")
+    registry.note_evaluation(MODEL, version, "http://127.0.0.1:5077/#/experiments/2/runs/second")
+    text = MlflowClient().get_model_version(MODEL, version).description
+    assert text == "Trained 200 steps.\n\nEvaluated in [this run](http://127.0.0.1:5077/#/experiments/2/runs/second)."

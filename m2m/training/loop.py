@@ -318,6 +318,36 @@ def end_step(run: Run, micro_losses: list[torch.Tensor]) -> float:
     return step_loss
 
 
+def logs_images(run: Run) -> bool:
+    """Whether this process logs the run's sample grids: the main one, when the run logs to MLflow."""
+    return run.accelerator.is_main_process and bool(run.accelerator.log_with)
+
+
+def sample_grid_now(run: Run):
+    """``sample_grid`` of the weights at this step (the EMA weights when the run keeps them, as the model
+    folder will have), with the training weights, mode and random streams left as they were."""
+    unet, params = run.pipe.unet, list(run.pipe.unet.parameters())
+    devices = [unet.device] if unet.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        if run.ema is not None:
+            run.ema.store(params)
+            run.ema.copy_to(params)
+        unet.eval()
+        try:
+            return sample_grid(run.pipe, run.cfg, *run.heldout)
+        finally:
+            unet.train()
+            if run.ema is not None:
+                run.ema.restore(params)
+
+
+def log_samples(run: Run, grid) -> None:
+    """The sample grid at this step as the MLflow image ``samples`` (the run page shows it per step)."""
+    import mlflow
+
+    mlflow.log_image(grid, key="samples", step=run.progress.step)
+
+
 def save(run: Run, run_s: float) -> None:
     """A checkpoint of everything the run needs to continue from this step."""
     cfg, progress = run.cfg, run.progress
@@ -361,16 +391,20 @@ def steps(run: Run) -> None:
             progress.train_s += now - t_step
             bar.update(1)
             bar.set_postfix(loss=f"{step_loss:.4f}", img_s=f"{run.images_per_step / (now - t_step):.1f}")
+            # every step's loss, so the curve has a point per step and its last point is ``final_loss``
+            accelerator.log({"loss": step_loss}, step=progress.step)
             if progress.step % cfg.log_every == 0 or progress.step == total:
                 window = progress.losses[log_from:]
                 mean, speed = sum(window) / len(window), run.images_per_step * len(window) / (now - t_log)
                 use = run.use.of(speed)
                 logger.info(f"step {progress.step}/{total} loss {mean:.4f} img/s {speed:.1f} MFU {use:.1%} "
                             f"of {run.use.peak / 1e9:.0f} GFLOP/s lr {step_lr:.2e}")
-                accelerator.log({"loss": mean, "lr": step_lr, "images_per_s": speed, "mfu": use}, step=progress.step)
+                accelerator.log({"lr": step_lr, "images_per_s": speed, "mfu": use}, step=progress.step)
                 t_log, log_from = now, progress.step
             if cfg.checkpoint_every and (progress.step % cfg.checkpoint_every == 0 or progress.step == total):
                 save(run, time.perf_counter() - t_run)
+                if progress.step < total and logs_images(run):  # the last grid is samples.png (finish)
+                    log_samples(run, sample_grid_now(run))
             t_step = time.perf_counter()
     finally:
         bar.close()  # an error is printed on a line of its own, after the bar
@@ -389,6 +423,8 @@ def finish(run: Run) -> dict | None:
             run.ema.copy_to(unet.parameters())
         unet.eval()
         grid = sample_grid(run.pipe, cfg, *run.heldout)
+        if logs_images(run):
+            log_samples(run, grid)
         metrics = train_metrics(
             cfg, accelerator, run.pipe, run.progress, run.epoch_steps, run.settings, run.data, run.stored, run.use
         )

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import dagster as dg
 
+from orchestration.defs.automation import CONDITIONS
 from orchestration.defs.executor import GPU_QUEUE
 from orchestration.defs.resources import ComputeResource, DvcResource, MlflowResource
 from orchestration.materialize.stage import materialize_stage
@@ -75,6 +76,7 @@ def stage_asset(group: StageGroup, upstream: list[str]) -> dg.AssetsDefinition:
         deps=upstream,
         partitions_def=dg.StaticPartitionsDefinition(group.items) if group.partitioned else None,
         code_version=group.code_version(),
+        automation_condition=CONDITIONS.get(name),
         metadata={
             "dvc stage": stage.name.split("@")[0],
             "outputs": ", ".join(stage.outs),

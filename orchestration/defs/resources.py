@@ -80,23 +80,57 @@ class DvcResource(dg.ConfigurableResource):
 
 
 class MlflowResource(dg.ConfigurableResource):
-    """The MLflow tracking store and model registry, and the UI that shows them."""
+    """The MLflow tracking store and model registry, and the UI that shows them.
+
+    The links the assets' pages give (runs, model versions) go to :meth:`ui`: ``ui_url`` when set, else the
+    tracking server itself when the store is one (``http(s)://``: it serves the UI on the same port), else
+    ``$M2M_MLFLOW_UI_URL``, else ``http://127.0.0.1:5000`` (``mlflow ui`` on a local store, its default port).
+    Experiment and run links ask for the model-training view (``workflowType=machine_learning``): MLflow 3.17
+    otherwise opens an experiment on its GenAI view, whatever the experiment's ``mlflow.experimentKind`` tag.
+    """
 
     tracking_uri: str = Field(
         default="", description="empty: $MLFLOW_TRACKING_URI, else sqlite under the project's mlflow/"
     )
-    ui_url: str = Field(default="http://127.0.0.1:5000", description="where `mlflow ui` serves this store")
+    ui_url: str = Field(
+        default="", description="where the MLflow UI serves this store; empty: the tracking server, else "
+        "$M2M_MLFLOW_UI_URL, else http://127.0.0.1:5000"
+    )
 
     def configure(self, root: str) -> str:
         from m2m import tracking
 
         return tracking.configure(root, self.tracking_uri or None)
 
+    def ui(self) -> str:
+        uri = self.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI", "")
+        if self.ui_url:
+            found = self.ui_url
+        elif re.match(r"https?://", uri):
+            found = uri
+        else:
+            found = os.environ.get(UI_ENV) or DEFAULT_UI
+        if not re.fullmatch(r"https?://[^\s/?#]+(/[^\s?#]*)?", found):
+            raise ValueError(f"mlflow.ui_url: expected http(s)://host[:port][/path], got {found!r}")
+        return found.rstrip("/")
+
+    def experiment_url(self, experiment_id: str) -> str:
+        return f"{self.ui()}/#/experiments/{experiment_id}?{TRAINING_VIEW}"
+
     def run_url(self, experiment_id: str, run_id: str) -> str:
-        return f"{self.ui_url.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+        return f"{self.ui()}/#/experiments/{experiment_id}/runs/{run_id}?{TRAINING_VIEW}"
+
+    def artifact_url(self, experiment_id: str, run_id: str, path: str) -> str:
+        """The run page's artifact view opened on ``path`` (an image shows in full there)."""
+        return f"{self.ui()}/#/experiments/{experiment_id}/runs/{run_id}/artifacts/{path}?{TRAINING_VIEW}"
 
     def model_url(self, name: str, version: str) -> str:
-        return f"{self.ui_url.rstrip('/')}/#/models/{name}/versions/{version}"
+        return f"{self.ui()}/#/models/{name}/versions/{version}"
+
+
+UI_ENV = "M2M_MLFLOW_UI_URL"
+DEFAULT_UI = "http://127.0.0.1:5000"
+TRAINING_VIEW = "workflowType=machine_learning"
 
 
 @dg.definitions

@@ -1,7 +1,8 @@
 """What the Dagster UI shows about a materialized stage, read from the files the stage wrote.
 
-One function per ``m2m`` sub-command: counts and drop reasons, shard sizes, the split, sample grids
-(as markdown image previews), the last training losses and metric tables. Nothing is computed here
+One function per ``m2m`` sub-command: counts and drop reasons, shard sizes, the split, the first image
+set of the data (a small markdown preview), the last training losses and metric tables. The sample grids
+of trained and evaluated models are MLflow images, linked from the asset page (``orchestration/mlflow``). Nothing is computed here
 that the stage did not already write; images are only tiled and shrunk for display.
 """
 
@@ -32,19 +33,6 @@ def image_markdown(image, alt: str, caption: str | None = None) -> dg.MetadataVa
     encoded = base64.b64encode(buffer.getvalue()).decode("ascii")
     text = f"![{alt}](data:image/png;base64,{encoded})"
     return dg.MetadataValue.md(f"**{caption}**\n\n{text}" if caption else text)
-
-
-# What a row of a sample grid is (training's samples.png, evaluation's grid.png).
-GRID_CAPTION = "Each row: a held-out set's preceding images, then the images generated after them, left to right"
-
-
-def file_preview(path: Path, alt: str, caption: str | None = None) -> dict:
-    from PIL import Image
-
-    if not path.is_file():
-        return {}
-    with Image.open(path) as image:
-        return {alt: image_markdown(image, alt, caption)}
 
 
 def tile(images: list, columns: int):
@@ -157,7 +145,7 @@ def last_losses(loss_csv: Path, n: int = 5) -> list[dict]:
 
 
 def training_report(stage: Stage, root: Path) -> dict:
-    """``train``: final metrics, the last losses and the sample grid of each model folder."""
+    """``train``: final metrics and the last losses of each model folder."""
     meta = {}
     for out in stage.outs:
         folder = root / out
@@ -170,12 +158,11 @@ def training_report(stage: Stage, root: Path) -> dict:
             if rows:
                 meta["last losses"] = markdown_table(list(rows[0]), [list(row.values()) for row in rows])
                 meta["final loss"] = dg.MetadataValue.float(float(rows[-1]["loss"]))
-        meta.update(file_preview(folder / "samples.png", "samples", GRID_CAPTION))
     return meta
 
 
 def evaluation_report(stage: Stage, root: Path) -> dict:
-    """``evaluate``: Table 1 (mean ± std over the generated positions) per model and its sample grid."""
+    """``evaluate``: Table 1 (mean ± std over the generated positions) per model."""
     rows, meta = [], {}
     for out in stage.outs:
         folder = root / out
@@ -186,7 +173,6 @@ def evaluation_report(stage: Stage, root: Path) -> dict:
         row = {"model": report["model"]["method"]}
         row.update({key: f"{value['mean']:.2f} ± {value['std']:.2f}" for key, value in summary.items()})
         rows.append(row)
-        meta.update(file_preview(folder / "grid.png", f"samples {folder.name}", GRID_CAPTION))
     if rows:  # one column per model, one row per metric: narrow enough for the asset page
         metrics = list(dict.fromkeys(key for row in rows for key in row if key != "model"))
         table = [[metric, *(row.get(metric, "") for row in rows)] for metric in metrics]

@@ -39,9 +39,16 @@ def data_inputs(stage: Stage, groups: dict[str, StageGroup], dvc: Dvc) -> dict[s
 
 
 def run_tags(stage: Stage, root: Path, md5: str, dagster_run_id: str) -> dict[str, str]:
+    """What a run of ``stage`` records about where it came from: the DVC stage and hash, the Dagster asset and
+    run, and MLflow's own source, user and git commit (the runs table's Source column, the run page's
+    "Created by")."""
+    import getpass
+
     from m2m import tracking
 
-    tags = {"dvc.stage": stage.name, "dvc.md5": md5, "dagster.asset": stage.asset, "dagster.run_id": dagster_run_id}
+    tags = {"dvc.stage": stage.name, "dvc.md5": md5, "dagster.asset": stage.asset, "dagster.run_id": dagster_run_id,
+            "mlflow.source.type": "LOCAL", "mlflow.source.name": f"dvc.yaml:{stage.name}",
+            "mlflow.user": getpass.getuser()}
     commit = tracking.git_commit(root)
     if commit:
         tags["mlflow.source.git.commit"] = commit
@@ -115,6 +122,11 @@ def record_placement(run_id: str | None, devices: str, env: dict[str, str]) -> N
         client.set_tag(run_id, "m2m.cuda_visible_devices", env["CUDA_VISIBLE_DEVICES"])
 
 
+# The command that opens a live run samples CPU, memory, disk and (with pynvml) GPU use into it every few
+# seconds: the run page's System metrics tab (mlflow's system metrics monitor, psutil).
+SYSTEM_METRICS = {"MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING": "true", "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL": "2"}
+
+
 def live_env(run_id: str | None) -> dict[str, str]:
     """What a stage command needs to log into ``run_id`` (accelerate's MLflow tracker reads it)."""
     import mlflow
@@ -122,7 +134,8 @@ def live_env(run_id: str | None) -> dict[str, str]:
     if run_id is None:
         return {}
     uri = mlflow.get_tracking_uri()
-    return {"MLFLOW_TRACKING_URI": uri, "MLFLOW_RUN_ID": run_id, "MLFLOW_EXPERIMENT_NAME": TRAINING_EXPERIMENT}
+    return {"MLFLOW_TRACKING_URI": uri, "MLFLOW_RUN_ID": run_id, "MLFLOW_EXPERIMENT_NAME": TRAINING_EXPERIMENT,
+            **SYSTEM_METRICS}
 
 
 def fail_live_run(run_id: str | None, reason: str) -> None:
@@ -137,6 +150,12 @@ def fail_live_run(run_id: str | None, reason: str) -> None:
         client.set_terminated(run_id, status="FAILED")
     except Exception:  # noqa: BLE001 - the stage's own error is the one to report; recovery fails the run later
         pass
+
+
+# The one-value measurements of a training run (train_metrics.json) are logged under this prefix: MLflow's
+# charts put them in a section of their own, apart from the curves logged while training (loss, lr, ...),
+# and ``summary/images_per_s`` (the whole run) is not a point of the ``images_per_s`` curve.
+SUMMARY = "summary/"
 
 
 def split_train_metrics(train_metrics: dict) -> tuple[dict[str, float], dict[str, str]]:
@@ -159,6 +178,27 @@ def model_description(stage: Stage, settings: dict[str, str], measured: dict[str
     return (f"M2M-{settings.get('variant')} ({settings.get('preset')} preset), {kind}: {trained}{loss_text}. "
             f"Made by the DVC stage {stage.name} (Dagster asset {stage.asset}); the run has its params, DVC "
             "inputs and loss curve.")
+
+
+def registered_model_description(name: str, settings: dict[str, str]) -> str:
+    """The registered model's own page: what its versions are and how ``champion`` moves."""
+    task = settings.get("task")
+    what = (f"M2M-{settings.get('variant')} fine-tuned for {task} (section 6.2)" if task not in (None, "None")
+            else f"M2M-{settings.get('variant')} pre-trained on multi-image sets (eq. 5)")
+    return (f"{what}. Every version the pipeline trains gets the alias `challenger`; `champion` moves only "
+            f"through the promotion (`promote_champion` in Dagster, or `m2m promote --model {name}`), which "
+            "compares the two on the evaluation's metrics (`metric.*` tags) and says why when it refuses. Do "
+            "not move `champion` with the alias pencil (docs/pipeline.md, \"Who may move champion\").")
+
+
+def evaluation_note(name: str, version, ui, training_run: tuple[str, str] | None) -> str:
+    """The evaluation run's description (the top of its page): the model version it scored, as links."""
+    if version is None:
+        return f"Table 1 metrics of `{name}` (no registered version matched the model it read)."
+    text = f"Table 1 metrics of [{name} v{version.version}]({ui.model_url(name, version.version)})"
+    if training_run is not None:
+        text += f", trained in [its training run]({ui.run_url(*training_run)})"
+    return text + ". Its means are also on the version, as `metric.*` tags that promotion compares."
 
 
 def log_training(
@@ -193,16 +233,22 @@ def log_training(
                     if not live_run_id:
                         tracking.log_loss_curve(folder / "loss.csv")
                     mlflow.log_artifact(str(folder / "loss.csv"))
-                mlflow.log_metrics(measured)
+                mlflow.log_metrics({f"{SUMMARY}{key}": value for key, value in measured.items()})
                 for artifact in ("samples.png", "train_metrics.json"):
                     if (folder / artifact).is_file():
                         mlflow.log_artifact(str(folder / artifact))
                 info = tracking.log_model_folder(folder)
             tags = {registry.DVC_TAG: md5, "run_id": run.info.run_id, "dagster.asset": stage.asset}
-            version = registry.register(info.model_uri, name, tags, model_description(stage, settings, measured))
+            version = registry.register(
+                info.model_uri, name, tags, model_description(stage, settings, measured),
+                model_description=registered_model_description(name, settings),
+                model_tags={"variant": settings.get("variant", ""), "preset": settings.get("preset", ""),
+                            "task": settings.get("task") or "pre-training", "dagster.asset": stage.asset},
+            )
             registry.set_metrics(name, version.version, {k: v for k, v in measured.items() if "loss" in k})
         run_id = version.tags.get("run_id") or version.run_id
         meta["mlflow run"] = dg.MetadataValue.url(ui.run_url(experiment, run_id))
+        meta["samples"] = dg.MetadataValue.url(ui.artifact_url(experiment, run_id, "samples.png"))
         meta["registered model"] = dg.MetadataValue.text(f"{name} v{version.version}")
         meta["registered model url"] = dg.MetadataValue.url(ui.model_url(name, version.version))
         meta["aliases"] = dg.MetadataValue.text(", ".join(registry.aliases_of(name, version.version)) or "-")
@@ -233,6 +279,12 @@ def log_evaluation(stage: Stage, groups: dict[str, StageGroup], dvc: Dvc, ui, da
             models = {dep for dep in deps if any(s.role == "train" for s in producers(groups, dep))}
             inputs = {p: d for p, d in data_inputs(stage, groups, dvc).items() if p == model_path or p not in models}
             tags = run_tags(stage, root, md5, dagster_run_id)
+            trained = version.tags.get("run_id") or version.run_id if version is not None else None
+            tags["mlflow.note.content"] = evaluation_note(
+                name, version, ui, (tracking.experiment_id(TRAINING_EXPERIMENT), trained) if trained else None
+            )
+            if version is not None:
+                tags["model"] = f"{name} v{version.version}"
             with mlflow.start_run(experiment_id=experiment, run_name=f"{stage.asset} {name}", tags=tags) as run:
                 mlflow.log_params({**flat_params(stage.params), "model": model_path or name})
                 tracking.log_dvc_inputs(inputs, root, context="evaluation")
@@ -247,8 +299,10 @@ def log_evaluation(stage: Stage, groups: dict[str, StageGroup], dvc: Dvc, ui, da
                     )
                 mlflow.log_artifacts(str(folder))
         meta[f"mlflow run ({name})"] = dg.MetadataValue.url(ui.run_url(experiment, run.info.run_id))
+        meta[f"samples ({name})"] = dg.MetadataValue.url(ui.artifact_url(experiment, run.info.run_id, "grid.png"))
         if version is not None:
             registry.set_metrics(name, version.version, means)
             registry.tag_version(name, version.version, "eval_run_id", run.info.run_id)
+            registry.note_evaluation(name, version.version, ui.run_url(experiment, run.info.run_id))
             meta[f"evaluated version ({name})"] = dg.MetadataValue.text(f"{name} v{version.version}")
     return meta

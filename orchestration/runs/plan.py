@@ -29,6 +29,7 @@ class RunSpec:
     partition: str | None = None
     after: tuple[str, ...] = ()
     checks: tuple[tuple[str, str], ...] = ()
+    makes: tuple[str, ...] = ()  # the dvc.yaml assets (stage groups) it materializes; none for the promotion
 
 
 def ancestors(groups: dict[str, StageGroup], asset: str) -> set[str]:
@@ -53,12 +54,12 @@ def plan(
 
     partitioned = [name for name, group in groups.items() if group.partitioned]
     prepared = set().union(*(ancestors(groups, name) for name in partitioned)) if partitioned else set()
-    specs = [RunSpec(CAPTIONS, jobs["prepare"])]
+    specs = [RunSpec(CAPTIONS, jobs["prepare"], makes=tuple(sorted(prepared)))]
     shard_keys = []
     for name in partitioned:
         for item in groups[name].items:
             shard_keys.append(f"{name} {item}")
-            specs.append(RunSpec(shard_keys[-1], jobs["shards"], partition=item, after=(CAPTIONS,)))
+            specs.append(RunSpec(shard_keys[-1], jobs["shards"], partition=item, after=(CAPTIONS,), makes=(name,)))
     holders = {name: (CAPTIONS,) for name in prepared}  # asset -> the runs that make it
     holders.update({name: tuple(k for k in shard_keys if k.startswith(f"{name} ")) for name in partitioned})
     rest = [name for name in groups if name not in holders]
@@ -70,12 +71,29 @@ def plan(
              and not any(parent in rest for parent in upstream_assets(groups, name))]
     if light:
         needs = tuple(dict.fromkeys(key for name in light for key in after(name)))
-        specs.append(RunSpec(DATA, jobs["train"], assets=tuple(light), after=needs, checks=of(tuple(light))))
+        specs.append(RunSpec(DATA, jobs["train"], assets=tuple(light), after=needs, checks=of(tuple(light)),
+                             makes=tuple(light)))
         holders.update({name: (DATA,) for name in light})
     for name in rest:
         if name not in light:
-            specs.append(RunSpec(name, jobs["train"], assets=(name,), after=after(name), checks=of((name,))))
+            specs.append(RunSpec(name, jobs["train"], assets=(name,), after=after(name), checks=of((name,)),
+                                 makes=(name,)))
             holders[name] = (name,)
     if promote:
         specs.append(RunSpec(PROMOTION, jobs["promote"], after=tuple(s.key for s in specs)))
     return specs
+
+
+def to_run(specs: list[RunSpec], stale) -> tuple[list[RunSpec], list[str]]:
+    """The runs with work to do, and the keys of those left out: a run is kept when ``stale(spec)`` (what it
+    makes changed in DVC, or was never materialized) or a run it waits for is kept; the promotion is kept
+    when anything else is. A run left out records no materialization, so an asset's "last materialized" in
+    Dagster is when its data last changed. ``after`` keeps only runs that are kept."""
+    kept: dict[str, RunSpec] = {}
+    for spec in specs:  # plan() lists every run after the runs it waits for
+        if spec.makes and (any(key in kept for key in spec.after) or stale(spec)):
+            kept[spec.key] = spec
+        elif not spec.makes and kept:
+            kept[spec.key] = spec
+    runs = [RunSpec(**{**vars(spec), "after": tuple(k for k in spec.after if k in kept)}) for spec in kept.values()]
+    return runs, [spec.key for spec in specs if spec.key not in kept]

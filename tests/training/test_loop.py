@@ -128,17 +128,44 @@ def test_logs_settings_and_the_loss_into_the_mlflow_run_it_is_given(mis, tmp_pat
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(uri)
-    run_id = client.create_run(client.create_experiment("m2m-training")).info.run_id
+    run_id = client.create_run(client.create_experiment("m2m-training", (tmp_path / "artifacts").as_uri())).info.run_id
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.setenv("MLFLOW_RUN_ID", run_id)
     monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "m2m-training")
-    loop.train(config(tmp_path / "m2m-self", data=mis, steps=3))
+    monkeypatch.setenv("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "true")
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "1")
+    metrics = loop.train(config(tmp_path / "m2m-self", data=mis, steps=3, log_every=2, checkpoint_every=2))
     run = client.get_run(run_id)
     assert run.data.params["lr"] == "0.001" and run.data.params["steps"] == "3"
     assert run.data.params["mixed_precision"] == "no"
-    assert [m.step for m in client.get_metric_history(run_id, "loss")] == [1, 2, 3]
+    loss = client.get_metric_history(run_id, "loss")
+    assert [m.step for m in loss] == [1, 2, 3] and loss[-1].value == pytest.approx(metrics["final_loss"])
+    assert [m.step for m in client.get_metric_history(run_id, "lr")] == [2, 3]
     assert {"lr", "images_per_s"} <= set(run.data.metrics)
+    # the sample grid at each checkpoint and at the end, as MLflow images of key "samples"
+    images = [a.path for a in client.list_artifacts(run_id, "images") if a.path.endswith(".png")]
+    assert sorted(int(re.search(r"samples\+step\+(\d+)\+", path).group(1)) for path in images
+                  if path.endswith(".png")) == [2, 3]
+    assert any(key.startswith("system/cpu") for key in run.data.metrics)  # the System metrics tab
     assert {e.name for e in client.search_experiments()} == {"Default", "m2m-training"}  # no stray experiment
+
+
+@pytest.mark.slow
+def test_sample_grids_along_training_leave_the_training_as_it_was(mis, tmp_path, monkeypatch):
+    """A grid made at a checkpoint (EMA weights swapped in, sampling's random draws) changes nothing of the run."""
+    from mlflow.tracking import MlflowClient
+
+    shared = dict(data=mis, steps=3, checkpoint_every=1, ema=True, ema_decay=0.5)
+    loop.train(config(tmp_path / "quiet", **shared))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    run_id = client.create_run(client.create_experiment("m2m-training", (tmp_path / "artifacts").as_uri())).info.run_id
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("MLFLOW_RUN_ID", run_id)
+    loop.train(config(tmp_path / "logged", **shared))
+    grids = [a.path for a in client.list_artifacts(run_id, "images") if a.path.endswith(".png")]
+    assert len(grids) == 3  # steps 1, 2 and 3
+    assert_same_weights(weights(tmp_path / "quiet"), weights(tmp_path / "logged"))
 
 
 def test_the_loop_trains_with_its_dropout_settings(mis, procedure_data, tmp_path):

@@ -42,7 +42,24 @@ def test_dvc_resource_defaults_to_the_project_root(monkeypatch, tmp_path):
     assert DvcResource(project_root="/srv/m2m").cli().root.as_posix() == "/srv/m2m"
 
 
-def test_mlflow_links_point_at_the_ui():
+def test_mlflow_links_point_at_the_ui_in_its_model_training_view(monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("M2M_MLFLOW_UI_URL", raising=False)
     ui = MlflowResource(ui_url="http://127.0.0.1:5000/")
-    assert ui.run_url("1", "abc") == "http://127.0.0.1:5000/#/experiments/1/runs/abc"
+    assert ui.run_url("1", "abc") == "http://127.0.0.1:5000/#/experiments/1/runs/abc?workflowType=machine_learning"
+    assert ui.experiment_url("1") == "http://127.0.0.1:5000/#/experiments/1?workflowType=machine_learning"
     assert ui.model_url("m2m-self", "3") == "http://127.0.0.1:5000/#/models/m2m-self/versions/3"
+    assert MlflowResource().ui() == "http://127.0.0.1:5000"  # `mlflow ui` on a local store, its default port
+
+
+def test_mlflow_links_follow_the_tracking_server_or_the_port_given(monkeypatch):
+    monkeypatch.delenv("M2M_MLFLOW_UI_URL", raising=False)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5123")
+    assert MlflowResource().ui() == "http://127.0.0.1:5123"  # the server serves its UI
+    assert MlflowResource(tracking_uri="https://mlflow.team.example/").ui() == "https://mlflow.team.example"
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    monkeypatch.setenv("M2M_MLFLOW_UI_URL", "http://127.0.0.1:5999")
+    assert MlflowResource().run_url("2", "r").startswith("http://127.0.0.1:5999/#/experiments/2/runs/r")
+    assert MlflowResource(ui_url="http://127.0.0.1:6001").ui() == "http://127.0.0.1:6001"  # set: it wins
+    with pytest.raises(ValueError, match="mlflow.ui_url: expected http"):
+        MlflowResource(ui_url="127.0.0.1:5000; rm -rf /").ui()

@@ -35,3 +35,24 @@ def test_each_run_waits_only_for_the_runs_of_its_inputs():
 def test_without_promotion_there_is_no_promotion_run():
     keys = [spec.key for spec in plan.plan(load_pipeline(REPO, strict=False), JOBS, CHECKS, promote=False)]
     assert plan.PROMOTION not in keys and keys[0] == plan.CAPTIONS
+
+
+def test_a_run_with_nothing_to_do_is_left_out_with_what_waits_only_on_it():
+    specs = plan.plan(load_pipeline(REPO, strict=False), JOBS, CHECKS)
+    nothing, _ = plan.to_run(specs, lambda spec: False)
+    assert nothing == []  # a rerun with nothing changed records no materialization, not even the promotion's run
+    runs, current = plan.to_run(specs, lambda spec: spec.key == "m2m_dino_pretrained")
+    kept = {spec.key: spec for spec in runs}
+    # what reads M2M-DINO runs again (its fine-tunings, the evaluation), then the promotion; nothing else
+    assert set(kept) == {"m2m_dino_pretrained", "m2m_nvs_finetuned", "m2m_procedure_finetuned", "evaluation",
+                         plan.PROMOTION}
+    assert plan.DATA in current and "m2m_self_pretrained" in current
+    assert kept["m2m_dino_pretrained"].after == () and kept["m2m_nvs_finetuned"].after == ("m2m_dino_pretrained",)
+    assert set(kept[plan.PROMOTION].after) == set(kept) - {plan.PROMOTION}
+    assert set(kept["evaluation"].after) == {"m2m_dino_pretrained"}
+
+
+def test_every_run_but_the_promotion_says_what_it_makes():
+    specs = plan.plan(load_pipeline(REPO, strict=False), JOBS, CHECKS)
+    assert all(spec.makes for spec in specs if spec.key != plan.PROMOTION)
+    assert {name for spec in specs for name in spec.makes} == set(load_pipeline(REPO, strict=False))
