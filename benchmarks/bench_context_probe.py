@@ -10,22 +10,25 @@ of the train split's images and scored on the held-out sets' images:
 - ``tokens, mean``: the mean over an image's tokens (what an attention spread over the whole image reads);
 - ``tokens, all``: every token, flattened (knows where each token is: the most a linear read-out can use).
 
-Feature sources: the pixels themselves, each ``--encoders`` DINOv2 folder's tokens, and each ``--models``
-folder's context features: M2M-DINO's ``image_encoder`` tokens (the tiny preset's DINOv2 has random
-weights, nothing being downloadable), M2M-Self's hidden states at the input of its first Image-Set
-Attention layer (16x16) and of its mid block's (8x8).
+Feature sources: the pixels themselves, each ``--encoders`` DINOv2 folder's tokens (by default the tiny
+preset's shipped E_v, ``weights/tiny/dinov2``, pre-trained on procedural images by ``m2m pretrain-encoder``:
+never on an MIS image, so neither the probe's training nor its held-out images were seen by it), and each
+``--models`` folder's context features: M2M-DINO's own ``image_encoder`` tokens, M2M-Self's hidden states at
+the input of its first Image-Set Attention layer (16x16) and of its mid block's (8x8).
 The probe is fixed: features standardised on the train split, L2 penalty ``--l2``, L-BFGS; no setting is
 tuned on the held-out images.
 
-Writes ``results/context_probe.json`` and the "Context probe" section of ``RESULTS.md``.
+Writes ``results/context_probe.json`` and a "Context probe, <date>" section of ``RESULTS.md`` (a run on
+another day adds its own section; the earlier ones stay as they were measured).
 
-    python benchmarks/bench_context_probe.py                 # the shipped models, about 3 minutes on one core
+    python benchmarks/bench_context_probe.py                 # the shipped E_v and models, about 3 minutes on one core
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +36,7 @@ import torch
 
 from learning.common import load, offline_on_cpu
 from learning.report import ATTRIBUTES, run_header, save_json, write_section
+from m2m.models import presets
 
 SECTION = "## Context probe"
 IMAGES_PER_SET = 4
@@ -153,7 +157,7 @@ def run(args) -> dict:
 
 
 def section(report: dict) -> str:
-    lines = [SECTION, "", f"`python benchmarks/bench_context_probe.py {report['settings']['argv']}` on "
+    lines = [f"{SECTION}, {report['date']}", "", f"`python benchmarks/bench_context_probe.py {report['settings']['argv']}` on "
              f"{report['machine']}: a linear probe (multinomial logistic regression, L2 {report['settings']['l2']:g}) "
              f"of each attribute from the context features of {report['train_images']} training images, accuracy on "
              f"{report['test_images']} images of held-out sets. `mean`: the mean token; `all`: every token. "
@@ -172,8 +176,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--models", type=Path, nargs="*",
                         default=[Path("models/tiny-m2m-dino"), Path("models/tiny-m2m-self")],
                         help="pipeline folders whose context features are probed")
-    parser.add_argument("--encoders", type=Path, nargs="*", default=[],
-                        help="DINOv2 folders (a pre-trained tiny E_v, benchmarks/pretrain_encoder.py) probed alone")
+    parser.add_argument("--encoders", type=Path, nargs="*", default=[presets.TINY_DINO_FOLDER],
+                        help="DINOv2 folders probed alone (default: the tiny preset's E_v)")
     parser.add_argument("--train-sets", type=int, default=None, help="training sets read (default: all)")
     parser.add_argument("--test-sets", type=int, default=None, help="held-out sets read (default: all)")
     parser.add_argument("--l2", type=float, default=1e-3, help="the probe's L2 penalty")
@@ -188,11 +192,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     offline_on_cpu(args.threads)
-    report = {**run_header(args, argv), **run(args)}
+    report = {**run_header(args, argv), "date": time.strftime("%Y-%m-%d", time.gmtime()), **run(args)}
     print(section(report))
     if not args.no_write:
         save_json(report, "context_probe.json")
-        write_section(section(report), SECTION)
+        write_section(section(report), section(report).splitlines()[0])
     return 0
 
 

@@ -13,7 +13,8 @@ palette no longer tells two images apart).
 
 Saves a transformers ``Dinov2Model`` folder (safetensors) and ``pretrain.json`` (settings and the loss curve);
 ``--init-out`` also writes an untrained tiny M2M-DINO pipeline with this encoder as its frozen ``image_encoder``,
-for ``m2m train --init`` (the tiny preset itself keeps its random encoder).
+for ``m2m train --init``. (The tiny preset's own E_v is supervised instead: ``m2m pretrain-encoder``,
+docs/model.md.)
 
     python benchmarks/pretrain_encoder.py --out assets/bench/encoder/tiny-dinov2-simclr --steps 3000 \
         --init-out assets/bench/encoder/init-dino-simclr
@@ -89,10 +90,13 @@ def nt_xent(a: torch.Tensor, b: torch.Tensor, temperature: float) -> torch.Tenso
 
 
 def pretrain(images: torch.Tensor, args) -> tuple[torch.nn.Module, list[float]]:
-    from m2m.models.encoders import dino_encoder, dino_features
+    from transformers import Dinov2Config, Dinov2Model
+
+    from m2m.models import presets
+    from m2m.models.encoders import dino_features
 
     torch.manual_seed(args.seed)
-    encoder = dino_encoder("tiny", None).train()  # the tiny preset's architecture, randomly initialised
+    encoder = Dinov2Model(Dinov2Config(**presets.TINY_DINO)).train()  # the tiny preset's architecture, random
     width = encoder.config.hidden_size
     head = torch.nn.Sequential(torch.nn.Linear(width, 4 * width), torch.nn.GELU(), torch.nn.Linear(4 * width, width))
     params = [*encoder.parameters(), *head.parameters()]

@@ -36,13 +36,13 @@ def tiny_unet_config(overrides: dict | None = None) -> dict:
     return {**presets.TINY_UNET, **overrides}
 
 
-def _tiny_components(variant: str, condition: str | None, seed: int, unet_config: dict | None = None):
+def _tiny_components(variant: str, condition: str | None, seed: int, unet_config: dict | None, encoder_folder):
     from diffusers import DDIMScheduler, UNet2DConditionModel
 
     torch.manual_seed(seed)
     sd_unet = UNet2DConditionModel.from_config(tiny_unet_config(unet_config))  # stands in for SD's weights
     settings = presets.PRESET_SETTINGS["tiny"]
-    image_encoder, context_dim = _context_encoder(variant, "tiny", None)
+    image_encoder, context_dim = _context_encoder(variant, "tiny", encoder_folder)
     unet = M2MUNet.from_sd_unet(sd_unet, variant, context_dim=context_dim, condition=condition, **settings)
     return unet, DDIMScheduler(**presets.TINY_SCHEDULER), None, image_encoder
 
@@ -70,19 +70,19 @@ def build_pipeline(
     condition: str | None = None,
     seed: int = 0,
     sd_folder: str | Path = presets.SD21_FOLDER,
-    dino_folder: str | Path = presets.DINO_FOLDER,
+    dino_folder: str | Path | None = None,
     unet_config: dict | None = None,
 ):
     """A fresh M2M pipeline: ``tiny`` (random SD stand-in, CPU) or ``sd21`` (SD-2.1-base weights).
 
-    ``dino_folder``: the local weights folder the external context encoder is built from (``sd21``),
-    DINOv2's for M2M-DINO. ``unet_config``: entries that replace ``presets.TINY_UNET``'s (``tiny``
+    ``dino_folder``: the local weights folder the external context encoder is built from, DINOv2's for
+    M2M-DINO (None: the preset's, ``presets.DINO_FOLDERS``). ``unet_config``: entries that replace ``presets.TINY_UNET``'s (``tiny``
     only: the ``sd21`` UNet is SD-2.1-base's own).
     """
     if unet_config and preset != "tiny":
         raise ValueError(f"a UNet config is for the tiny preset; the {preset} UNet comes with its weights")
     if preset == "tiny":
-        parts = _tiny_components(variant, condition, seed, unet_config)
+        parts = _tiny_components(variant, condition, seed, unet_config, dino_folder)
     elif preset == "sd21":
         parts = _sd21_components(variant, condition, sd_folder, dino_folder)
     else:

@@ -114,6 +114,11 @@ MUTATIONS = (
              "cache = self.unet.__dict__.setdefault('_cache', ContextCache(window)) if use_cache else None",
              ("tests/test_pipeline.py::test_two_pipelines_sharing_one_unet_keep_their_own_context",),
              "one cache per UNet, kept across calls: a second call (or pipeline) finds the first one's context"),
+    Mutation("dino-input-range", "m2m/models/encoders.py", "return ((x + 1) / 2 - mean) / std", "return (x - mean) / std",
+             ("tests/models/test_encoders.py",), "E_v reads images in [-1, 1] as if they were in [0, 1]"),
+    Mutation("vae-input-range", "m2m/pipeline.py", ".float() / 127.5 - 1", ".float() / 255",
+             ("tests/models/test_encoders.py::test_the_autoencoder_gets_images_in_its_range_and_scaled_latents",),
+             "context images reach the autoencoder in [0, 1], not [-1, 1]"),
 )
 
 
@@ -261,6 +266,15 @@ def generate(only: str | None = None) -> list[Mutant]:
     return mutants
 
 
+def named_section() -> list[str]:
+    """docs/mutations.md's list of the hand-written mutations (run by name; each must be killed)."""
+    lines = ["## Named mutations", "", "Each is run by name (`scripts/mutations.py NAME`) and must be killed by its tests.", "",
+             "| name | file | what breaks | tests |", "|---|---|---|---|"]
+    for m in MUTATIONS:
+        lines.append(f"| `{m.name}` | {m.file} | {m.what} | " + ", ".join(f"`{t}`" for t in m.tests) + " |")
+    return [*lines, ""]
+
+
 def report(mutants: list[Mutant], results: dict[str, str]) -> str:
     """docs/mutations.md: the kill rate per module, every survivor with its verdict, what was not run. A
     survivor's verdict (kept from the file) is "equivalent: why" or "killed by <the test added for it>"."""
@@ -278,7 +292,8 @@ def report(mutants: list[Mutant], results: dict[str, str]) -> str:
         rate = lambda n: f"{n}/{len(ran)} ({100 * n / max(len(ran), 1):.0f} %)"
         lines.append(f"| {module} | {total} | {len(ran)} | {len(dead)} ({timeouts}) | {len(ran) - len(dead)} "
                      f"| {rate(len(dead))} | {rate(len(dead) + len(later))} |")
-    lines += ["", "## Survivors", "", "| mutant | line | original | mutant | verdict |", "|---|---|---|---|---|"]
+    lines += ["", *named_section(), "## Survivors", "", "| mutant | line | original | mutant | verdict |",
+              "|---|---|---|---|---|"]
     code = lambda text: "`" + text.replace("|", "\\|") + "`"
     for m in (m for m in mutants if results.get(m.id) == "survived"):
         source = (ROOT / m.target.file).read_bytes()

@@ -69,3 +69,7 @@ def test_tiny_weights_folder_is_committed_and_says_why(tmp_path):
     deps = {dep for group in groups.values() for stage in group.stages for dep in stage.deps}
     assert "weights/tiny" in deps
     assert "random" in (REPO / "weights" / "tiny" / "README.md").read_text()
+    dino = "weights/tiny/dinov2"  # the tiny E_v: M2M-DINO's training depends on it and is given it
+    assert dino in groups["m2m_dino_pretrained"].first.deps
+    assert str(parsed(groups["m2m_dino_pretrained"].first.cmds[0]).dino_folder) == dino
+    assert (REPO / dino / "model.safetensors").is_file() and (REPO / dino / "README.md").is_file()

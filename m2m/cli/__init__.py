@@ -18,6 +18,7 @@ COMMANDS = [
     ("generate-mis", "m2m.cli.generate_mis"),
     ("build-manifest", "m2m.cli.build_manifest"),
     ("make-task-data", "m2m.cli.make_task_data"),
+    ("pretrain-encoder", "m2m.cli.pretrain_encoder"),
     ("init", "m2m.cli.init"),
     ("train", "m2m.cli.train"),
     ("sample", "m2m.cli.sample"),
@@ -34,6 +35,7 @@ The pipeline, in order (each step is also a Dagster asset and a DVC stage):
   generate-mis      captions -> MIS webdataset shards (25 images per caption)
   build-manifest    shards -> manifest (counts, sha256) and train/test split
   make-task-data    tiny Objaverse-style / VGSI-style fine-tuning fixtures
+  pretrain-encoder  the tiny preset's DINOv2 E_v, pre-trained on procedural images
   init              a fresh M2M model folder (preset tiny|sd21, variant self|dino)
   train             pre-train on MIS (eq. 5) or fine-tune on a task (section 6.2)
   sample            input images -> generated images + a grid PNG (eq. 6/7)

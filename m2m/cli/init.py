@@ -16,7 +16,8 @@ and `m2m evaluate` read. Its UNet is Stable Diffusion's with every text cross-at
 Image-Set Attention (output projection zero-initialised, so it starts as the SD UNet).
 
 Presets:
-  tiny   32x32 pixel-space images, a small random UNet (and DINOv2 for --variant dino); CPU, no downloads
+  tiny   32x32 pixel-space images, a small random UNet (and for --variant dino the small DINOv2 pre-trained
+         on procedural images, weights/tiny/dinov2); CPU, no downloads
   sd21   SD-2.1-base weights from --sd-folder (and DINOv2-giant from --dino-folder for --variant dino)
 
 --condition adds a zero-initialised task-condition embedder (section 6.2): camera (novel views) or
@@ -37,7 +38,8 @@ def register(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--out", required=True, type=Path, help="the model folder to write")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random weights (tiny) and new layers")
     parser.add_argument("--sd-folder", type=Path, default=presets.SD21_FOLDER, help="SD-2.1-base folder (sd21)")
-    parser.add_argument("--dino-folder", type=Path, default=presets.DINO_FOLDER, help="DINOv2 folder (sd21, dino)")
+    parser.add_argument("--dino-folder", type=Path, default=None,
+                        help=f"DINOv2 folder (dino; default: {presets.TINY_DINO_FOLDER} for tiny, {presets.DINO_FOLDER} for sd21)")
     parser.add_argument("--unet-config", type=Path, help="JSON file of UNet config entries replacing tiny's")
     return parser
 

@@ -167,7 +167,8 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--num-workers", type=int, default=d.num_workers, help="data loading processes")
     p.add_argument("--sample-steps", type=int, default=d.sample_steps, help="DDIM steps for samples.png")
     p.add_argument("--sd-folder", type=Path, default=d.sd_folder, help="local SD-2.1-base folder (sd21)")
-    p.add_argument("--dino-folder", type=Path, default=d.dino_folder, help="local DINOv2 folder (sd21, dino)")
+    p.add_argument("--dino-folder", type=Path, default=d.dino_folder,
+                   help=f"local DINOv2 folder (dino; default: the preset's, {presets.TINY_DINO_FOLDER} for tiny)")
     return p
 
 

@@ -31,9 +31,8 @@ class ContextEncoder:
     Args:
         name: the UNet config's ``variant`` and the ``--variant`` choice.
         display_name: the method's name in logs and reports, e.g. ``M2M-DINO``.
-        build: ``build(preset, folder)`` -> the frozen external encoder, a random one for ``tiny`` and
-            the one in the local ``folder`` for ``sd21``; None: the context is the UNet's own clean
-            hidden states (section 5.1).
+        build: ``build(preset, folder)`` -> the frozen external encoder from the local ``folder`` (None:
+            the preset's own); None: the context is the UNet's own clean hidden states (section 5.1).
         features: ``features(encoder, images, size)`` -> ``(B, N, S, D)`` tokens of images
             ``(B, N, 3, H, W)`` in ``[-1, 1]``, read at ``size`` px (the UNet config's ``dino_image_size``).
         width: the encoder's token width ``D``, the key/value width of every Image-Set Attention.

@@ -36,31 +36,65 @@ def decode_latents(vae, latents: torch.Tensor) -> torch.Tensor:
     return latents.clamp(-1, 1)
 
 
-def dino_encoder(preset: str, folder: str | Path):
-    """``E_v``: a small random DINOv2 (``tiny``) or DINOv2-giant from its local ``folder`` (``sd21``, appendix A)."""
-    from transformers import Dinov2Config, Dinov2Model
+def dino_encoder(preset: str, folder: str | Path | None = None):
+    """``E_v`` from its local ``folder`` (default: the preset's, ``presets.DINO_FOLDERS``): DINOv2-giant for
+    ``sd21`` (appendix A); for ``tiny`` the small DINOv2 pre-trained on procedural images, which must have
+    the ``presets.TINY_DINO`` architecture (``m2m pretrain-encoder``)."""
+    from transformers import Dinov2Model
 
-    if preset == "tiny":
-        return Dinov2Model(Dinov2Config(**presets.TINY_DINO)).eval()
-    folder = Path(folder)
+    if preset not in presets.DINO_FOLDERS:
+        raise ValueError(f"unknown preset {preset!r}; expected one of {presets.PRESETS}")
+    folder = Path(presets.DINO_FOLDERS[preset] if folder is None else folder)
     if not (folder / "config.json").exists():
+        if preset == "tiny":
+            raise FileNotFoundError(
+                f"{folder}: the tiny preset's DINOv2 (config.json) not found; it ships in "
+                f"{presets.TINY_DINO_FOLDER} (`m2m pretrain-encoder --out {folder}` makes it again)"
+            )
         raise presets.missing_weights(folder, "DINOv2 (config.json)", "facebook/dinov2-giant")
     model_type = json.loads((folder / "config.json").read_text()).get("model_type")
     if model_type != "dinov2":
         raise ValueError(f"{folder}/config.json: model_type is {model_type!r}, not 'dinov2'")
-    return Dinov2Model.from_pretrained(folder, local_files_only=True).eval()
+    encoder = Dinov2Model.from_pretrained(folder, local_files_only=True).eval()
+    if preset == "tiny":
+        differ = [k for k, v in presets.TINY_DINO.items() if getattr(encoder.config, k) != v]
+        if differ:
+            raise ValueError(f"{folder}/config.json: {differ[0]} is {getattr(encoder.config, differ[0])!r}, "
+                             f"not the tiny preset's {presets.TINY_DINO[differ[0]]!r}")
+    return encoder
+
+
+def dino_image_processor(size: int):
+    """transformers' image processor doing what ``dino_features`` does to an image: the whole image resized
+    to ``size`` x ``size`` (bicubic, no centre crop: the context keeps its borders; docs/model.md), scaled to
+    [0, 1] and normalised with ImageNet's mean and std, as DINOv2 was trained. Saved beside the tiny E_v."""
+    from transformers import BitImageProcessor
+
+    return BitImageProcessor(
+        do_resize=True, size={"height": size, "width": size}, resample=3, do_center_crop=False,  # 3: bicubic
+        crop_size={"height": size, "width": size},
+        do_rescale=True, rescale_factor=1 / 255, do_normalize=True, image_mean=list(IMAGENET_MEAN),
+        image_std=list(IMAGENET_STD), do_convert_rgb=True,
+    )
+
+
+def dino_pixel_values(images: torch.Tensor, size: int) -> torch.Tensor:
+    """What ``E_v`` is given: images ``(n, 3, H, W)`` in ``[-1, 1]`` resized to ``size`` (bicubic, antialiased,
+    kept in range as a resized 8-bit image is) and normalised as DINOv2 was trained: ``(x - mean) / std`` of
+    ``x`` in ``[0, 1]`` (``dino_image_processor`` does the same to 8-bit images)."""
+    import torch
+    import torch.nn.functional as F
+
+    x = images.float()
+    if x.shape[-1] != size or x.shape[-2] != size:
+        x = F.interpolate(x, size=(size, size), mode="bicubic", align_corners=False, antialias=True).clamp(-1, 1)
+    mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
+    return ((x + 1) / 2 - mean) / std
 
 
 def dino_features(image_encoder, images: torch.Tensor, size: int) -> torch.Tensor:
     """``v = E_v(I)``: DINOv2 last hidden states ``(B, N, S, D)`` of images resized to ``size``."""
-    import torch
-    import torch.nn.functional as F
-
-    x = images.flatten(0, 1).float()
-    if x.shape[-1] != size or x.shape[-2] != size:
-        x = F.interpolate(x, size=(size, size), mode="bicubic", align_corners=False, antialias=True)
-    mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
-    x = ((x + 1) / 2 - mean) / std
+    x = dino_pixel_values(images.flatten(0, 1), size)
     hidden = image_encoder(pixel_values=x.to(image_encoder.dtype)).last_hidden_state
     return hidden.unflatten(0, images.shape[:2])

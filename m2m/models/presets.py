@@ -2,7 +2,9 @@
 
 ``sd21`` reads real weights from local folders (nothing is fetched at run time):
 ``weights/stable-diffusion-2-1-base`` (its ``unet``, ``vae`` and ``scheduler`` folders) and
-``weights/dinov2-giant`` for M2M-DINO (appendix A).
+``weights/dinov2-giant`` for M2M-DINO (appendix A). ``tiny`` builds its networks in code, except M2M-DINO's
+``E_v``: a tiny DINOv2 pre-trained on procedural images (``m2m pretrain-encoder``), shipped in
+``weights/tiny/dinov2``.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ SD21_UNET = dict(
     use_linear_projection=True,
 )
 
+# The tiny preset's E_v, pre-trained on procedural images and shipped in TINY_DINO_FOLDER.
 TINY_DINO = dict(
     hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, patch_size=4, image_size=32
 )
@@ -73,6 +76,9 @@ GUIDANCE_SCALE = {"tiny": 1.0, "sd21": 7.5}
 
 SD21_FOLDER = Path("weights/stable-diffusion-2-1-base")
 DINO_FOLDER = Path("weights/dinov2-giant")
+TINY_DINO_FOLDER = Path("weights/tiny/dinov2")
+# Each preset's E_v folder (M2M-DINO): what ``--dino-folder`` and ``params.yaml``'s ``weights.dino`` name.
+DINO_FOLDERS = {"tiny": TINY_DINO_FOLDER, "sd21": DINO_FOLDER}
 
 
 def missing_weights(folder: Path, what: str, hub_id: str) -> FileNotFoundError:

@@ -104,7 +104,7 @@ class TrainConfig:
     sample_generate: int = 3  # M generated images per row of samples.png
     sample_guidance_scale: float | None = None  # None: the model's own (pipe.config.guidance_scale)
     sd_folder: Path = presets.SD21_FOLDER
-    dino_folder: Path = presets.DINO_FOLDER
+    dino_folder: Path | None = None  # None: the preset's E_v folder (presets.DINO_FOLDERS)
 
     @property
     def condition(self) -> str | None:
@@ -179,3 +179,31 @@ class TrainConfig:
         need(self.sample_sets >= 1, "sample_sets", "must be at least 1")
         need(self.sample_context >= 1, "sample_context", "must be at least 1")
         need(self.sample_generate >= 1, "sample_generate", "must be at least 1")
+
+
+@dataclass(frozen=True)
+class EncoderPretraining:
+    """The settings of the tiny preset's ``E_v`` pre-training (``m2m.training.encoder``), all written beside
+    its weights (``pretrain.json``)."""
+
+    out: Path
+    sets: int = 4000  # distinct (caption) sets drawn
+    images_per_set: int = 4
+    steps: int = 3000
+    batch_size: int = 128
+    lr: float = 3e-3
+    warmup: int = 100
+    weight_decay: float = 0.05
+    validation_sets: int = 200  # more sets, drawn after the training sets: accuracy on images never trained on
+    image_size: int = presets.PRESET_SETTINGS["tiny"]["dino_image_size"]
+    checkpoint_every: int = 500  # steps; 0: none. A rerun of the same command resumes from the last one
+    seed: int = 0
+
+    def __post_init__(self):
+        for name in ("sets", "images_per_set", "steps", "batch_size", "warmup", "validation_sets"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if not 0 < self.lr <= 1:
+            raise ValueError(f"lr must be in (0, 1], got {self.lr}")
+        if self.checkpoint_every < 0:
+            raise ValueError(f"checkpoint_every must be non-negative, got {self.checkpoint_every}")

@@ -57,7 +57,8 @@ def test_the_pixels_mean_colour_tells_the_palette_and_an_encoder_folder_reads_as
     assert rows["pixels, mean"]["palette"] >= max(0.75, report["chance"]["palette"] + 0.3)
     for pooling in ("mean", "all"):  # the folder alone gives the tokens its model attends to
         assert rows[f"E_v (encoder): tokens, {pooling}"] == rows[f"M2M-DINO (m2m-dino): E_v tokens, {pooling}"]
-    text = section({**report, "settings": {"argv": "", "l2": 1e-3}, "machine": "here"})
+    text = section({**report, "settings": {"argv": "", "l2": 1e-3}, "machine": "here", "date": "2026-12-07"})
+    assert text.startswith("## Context probe, 2026-12-07\n")
     assert f"| pixels, mean | {rows['pixels, mean']['palette']:.2f} |" in text
 
 
