@@ -23,7 +23,8 @@ from pathlib import Path
 
 from learning.common import load, offline_on_cpu
 from learning.judge import (
-    GUIDANCE_SCALES, MIN_SETS, PROTOCOLS, RESAMPLES, SCORED, heldout_mis, interval, judge, judge_images, read_heldout,
+    GUIDANCE_SCALES, MIN_SETS, PROTOCOLS, RESAMPLES, SCORED,
+    heldout_mis, heldout_root, interval, judge, judge_images, read_heldout,
 )
 from learning.report import RESULTS, run_header, save_json, write_section
 
@@ -57,7 +58,8 @@ def scored_before(path: Path, protocol: dict) -> dict[str, dict]:
 
 def table(rows: dict[str, dict]) -> list[str]:
     """One row per model and s: every number with its interval (``-``: one shape kind, no contrast)."""
-    lines = ["| model | s | " + " | ".join(c.replace("_", " ") for c in COLUMNS) + " |", "|---" * (len(COLUMNS) + 2) + "|"]
+    header = "| model | s | " + " | ".join(c.replace("_", " ") for c in COLUMNS) + " |"
+    lines = [header, "|---" * (len(COLUMNS) + 2) + "|"]
     for name, by_scale in rows.items():
         for scale, numbers in by_scale.items():
             cells = [interval(numbers[c]) if c in numbers else "-" for c in COLUMNS]
@@ -95,6 +97,7 @@ def parse_args(argv):
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
+    parser.add_argument("--workers", type=int, default=1, help="processes that run the detector")
     parser.add_argument("--work", type=Path, default=Path("assets/bench/judge"), help="the held-out MIS")
     parser.add_argument("--smoke", action="store_true",
                         help="a check that the code runs: --sets may be below the bar, and no RESULTS.md section")
@@ -114,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     protocol = PROTOCOLS[args.protocol]
     n_sets = protocol.set_count(args.sets)
-    mis = heldout_mis(args.work / f"{protocol.name}-{n_sets}", protocol, n_sets, args.seed)
+    mis = heldout_mis(heldout_root(args.work, protocol, n_sets), protocol, n_sets, args.seed)
     protocol_settings = {k: getattr(args, k) for k in ("protocol", "generate", "steps", "guidance_scales", "seed")}
     protocol_settings["sets"] = n_sets
     done = scored_before(RESULTS / f"judge_{args.label}.json", protocol_settings)
@@ -128,12 +131,15 @@ def main(argv: list[str] | None = None) -> int:
         if name in done:  # scored by an earlier run of this label under the same protocol
             rows[name] = done[name]
             continue
-        rows[name] = judge(pipe, held, args.generate, args.steps, args.seed, args.batch_size, args.guidance_scales)
+        rows[name] = judge(pipe, held, args.generate, args.steps, args.seed, args.batch_size, args.guidance_scales,
+                           args.workers)
         save_json({"protocol": protocol_settings, "rows": rows}, f"judge_{args.label}.json")  # a rerun resumes
         print(f"{name}: " + "; ".join(f"{s} score {interval(n['score'])}" for s, n in rows[name].items()), flush=True)
-    rows["held-out images (the ceiling)"] = {"s = -": judge_images(held.following, held.attributes, args.seed)}
+    ceiling = judge_images(held.following, held.attributes, args.seed, args.workers)
+    rows["held-out images (the ceiling)"] = {"s = -": ceiling}
     per_value = ", ".join(f"{n_sets // len(v)} of each {a}" for a, v in protocol.values().items())
-    report = {**run_header(args, argv), "protocol": protocol_settings, "date": datetime.date.today().isoformat(), "resamples": RESAMPLES,
+    report = {**run_header(args, argv), "protocol": protocol_settings, "date": datetime.date.today().isoformat(),
+              "resamples": RESAMPLES,
               "heldout": {"mis": str(mis), "sets": n_sets, "per_value": per_value}, "rows": rows,
               "checkpoints": checkpoints, "minutes": (time.perf_counter() - start) / 60}
     save_json(report, f"judge_{args.label}.json")

@@ -76,6 +76,11 @@ def balanced_captions(protocol: Protocol, n_sets: int, seed: int = 0) -> list[st
             for i in range(n_sets)]
 
 
+def heldout_root(work: Path, protocol: Protocol, n_sets: int) -> Path:
+    """Where a protocol's held-out MIS of ``n_sets`` sets lives under ``work``."""
+    return work / f"{protocol.name}-{n_sets}"
+
+
 def heldout_mis(root: Path, protocol: Protocol, n_sets: int | None = None, seed: int = 0) -> Path:
     """The protocol's balanced held-out MIS under ``root`` (every set in its test split; captions and
     caption ids no training MIS of the benchmarks uses, so no image of it was trained on). Kept on a
@@ -113,26 +118,38 @@ def read_heldout(mis: Path, image_size: int, generate: int) -> HeldOut:
     return HeldOut(images[:, :PRECEDING], (images[:, PRECEDING:] + 1) / 2, [s.attributes for s in sets])
 
 
-def per_set(images, attributes: Sequence[dict]) -> dict[str, np.ndarray]:
-    """Per set: the share of its images ``(S, M, 3, H, W)`` in [0, 1] whose palette, shape and texture
-    the detector reads as the set's, and the mean fit of its images' objects to every shape kind."""
+def read_set(images, reference: dict) -> tuple[list[float], list[float]]:
+    """One set's share of images ``(M, H, W, 3)`` uint8 whose palette, shape and texture the detector reads
+    as the set's (in ``SCORED`` order), and its images' mean fit to every shape kind (``SHAPES`` order)."""
     from m2m.data.procedural import SHAPES
     from m2m.data.procedural_detect import detect_attributes
     from m2m.evaluation.consistency import object_shape_fits
 
-    hits = {a: np.zeros(len(images)) for a in SCORED}
-    fits = np.zeros((len(images), len(SHAPES)))
-    for s, (set_images, reference) in enumerate(zip(images, attributes, strict=True)):
-        for image in set_images * 2 - 1:
-            detected = detect_attributes(image)
-            for a in SCORED:
-                hits[a][s] += detected[a] == reference[a]
-            fit = object_shape_fits(image)
-            fits[s] += [fit[k] for k in SHAPES]
-        for a in SCORED:
-            hits[a][s] /= len(set_images)
-        fits[s] /= len(set_images)
-    return {**hits, "fits": fits}
+    hits, fits = np.zeros(len(SCORED)), np.zeros(len(SHAPES))
+    for image in images:
+        detected = detect_attributes(image)
+        hits += [detected[a] == reference[a] for a in SCORED]
+        fit = object_shape_fits(image)
+        fits += [fit[k] for k in SHAPES]
+    return list(hits / len(images)), list(fits / len(images))
+
+
+def per_set(images, attributes: Sequence[dict], workers: int = 1) -> dict[str, np.ndarray]:
+    """``read_set`` of every set of images ``(S, M, 3, H, W)`` in [0, 1], in ``workers`` processes (the
+    detector is most of the judge's time once generation runs on a GPU)."""
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    from m2m.data.procedural_detect import as_rgb_array
+
+    arrays = [np.stack([as_rgb_array(image * 2 - 1) for image in set_images]) for set_images in images]
+    if workers > 1:  # spawned: the parent may hold a CUDA context, which a forked child must not touch
+        with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+            read = list(pool.map(read_set, arrays, attributes, chunksize=max(1, len(arrays) // (4 * workers))))
+    else:
+        read = [read_set(a, r) for a, r in zip(arrays, attributes, strict=True)]
+    hits = np.asarray([h for h, _ in read])
+    return {**{a: hits[:, i] for i, a in enumerate(SCORED)}, "fits": np.asarray([f for _, f in read])}
 
 
 def statistics(rows: dict[str, np.ndarray], kinds: np.ndarray) -> dict[str, np.ndarray]:
@@ -147,7 +164,8 @@ def statistics(rows: dict[str, np.ndarray], kinds: np.ndarray) -> dict[str, np.n
     out["shape_fit"] = own.mean(-1)
     present = np.unique(kinds)
     if len(present) > 1:
-        out["kind_contrast"] = np.mean([rows["fits"][:, kinds == k, k].mean(-1) - rows["fits"][:, kinds != k, k].mean(-1)
+        fits = rows["fits"]
+        out["kind_contrast"] = np.mean([fits[:, kinds == k, k].mean(-1) - fits[:, kinds != k, k].mean(-1)
                                         for k in present], axis=0)
     return out
 
@@ -168,25 +186,25 @@ def bootstrap(rows: dict[str, np.ndarray], kinds: np.ndarray, resamples: int = R
                    "high": float(np.percentile(resampled[name], 100 - tail))} for name in point}
 
 
-def judge_images(images, attributes: Sequence[dict], seed: int = 0) -> dict:
+def judge_images(images, attributes: Sequence[dict], seed: int = 0, workers: int = 1) -> dict:
     """The judge's numbers with intervals for images ``(S, M, 3, H, W)`` in [0, 1] of sets with
     ``attributes``."""
     from m2m.data.procedural import SHAPES
 
     kinds = np.asarray([SHAPES.index(a["shape"]) for a in attributes])
-    numbers = bootstrap(per_set(images, attributes), kinds, seed=seed)
+    numbers = bootstrap(per_set(images, attributes, workers), kinds, seed=seed)
     return {"sets": len(attributes), "images_per_set": int(images.shape[1]), **numbers}
 
 
 def judge(pipe, held: HeldOut, generate: int, steps: int, seed: int = 0, batch_size: int = 16,
-          scales: Sequence[float] = GUIDANCE_SCALES) -> dict[str, dict]:
+          scales: Sequence[float] = GUIDANCE_SCALES, workers: int = 1) -> dict[str, dict]:
     """The model's numbers at every guidance scale s of eq. 6, keyed ``"s = <s>"``."""
     from m2m.evaluation.evaluate import generate_continuations
 
     results = {}
     for s in scales:
         generated = generate_continuations(pipe, held.context, generate, PRECEDING, steps, s, seed, batch_size)
-        results[f"s = {s:g}"] = judge_images(generated, held.attributes, seed)
+        results[f"s = {s:g}"] = judge_images(generated, held.attributes, seed, workers)
     return results
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 from learning.judge import (  # noqa: E402
@@ -137,3 +138,14 @@ def test_bench_judge_scores_a_model_at_s_1_and_2_and_resumes(tmp_path, monkeypat
     assert calls == []  # the model scored under the same protocol is not scored again
     with pytest.raises(SystemExit):
         bench_judge.main([a for a in argv if a != "--smoke"])  # 2 sets: below the bar without --smoke
+
+
+@pytest.mark.slow
+def test_the_detector_reads_the_same_in_worker_processes(tmp_path):
+    from learning.judge import per_set
+
+    mis = heldout_mis(tmp_path / "heldout", PROTOCOLS["kind-only"], n_sets=4)
+    held = read_heldout(mis, 32, generate=2)
+    noisy = (held.following + 0.2 * torch.randn_like(held.following)).clamp(0, 1)  # not every image clean
+    one, two = per_set(noisy, held.attributes), per_set(noisy, held.attributes, workers=2)
+    assert one.keys() == two.keys() and all(np.array_equal(one[k], two[k]) for k in one)
