@@ -121,30 +121,27 @@ def main(argv: list[str] | None = None) -> int:
     protocol_settings = {k: getattr(args, k) for k in ("protocol", "generate", "steps", "guidance_scales", "seed")}
     protocol_settings["sets"] = n_sets
     done = scored_before(RESULTS / f"judge_{args.label}.json", protocol_settings)
-    held = None
-    rows, checkpoints = {}, {}
-    for folder in args.models:
-        pipe, checkpoint = pipeline_of(folder, args.device)
-        held = held or read_heldout(mis, pipe.image_size, args.generate)
-        name = folder.name + (f" ({checkpoint})" if checkpoint else "")
-        checkpoints[name] = checkpoint
-        if name in done:  # scored by an earlier run of this label under the same protocol
-            rows[name] = done[name]
-            continue
-        rows[name] = judge(pipe, held, args.generate, args.steps, args.seed, args.batch_size, args.guidance_scales,
-                           args.workers)
-        save_json({"protocol": protocol_settings, "rows": rows}, f"judge_{args.label}.json")  # a rerun resumes
-        print(f"{name}: " + "; ".join(f"{s} score {interval(n['score'])}" for s, n in rows[name].items()), flush=True)
-    ceiling = judge_images(held.following, held.attributes, args.seed, args.workers)
-    rows["held-out images (the ceiling)"] = {"s = -": ceiling}
+    held = read_heldout(mis, 32, args.generate)  # the tiny preset's 32 px; another size is refused below
+    ceiling = "held-out images (the ceiling)"
+    rows = {ceiling: done.get(ceiling) or {"s = -": judge_images(held.following, held.attributes, args.seed,
+                                                                   args.workers)}}
     per_value = ", ".join(f"{n_sets // len(v)} of each {a}" for a, v in protocol.values().items())
     report = {**run_header(args, argv), "protocol": protocol_settings, "date": datetime.date.today().isoformat(),
-              "resamples": RESAMPLES,
-              "heldout": {"mis": str(mis), "sets": n_sets, "per_value": per_value}, "rows": rows,
-              "checkpoints": checkpoints, "minutes": (time.perf_counter() - start) / 60}
-    save_json(report, f"judge_{args.label}.json")
-    if not args.smoke:
-        write_section(section(report, f"## Judge: {args.label}"), f"## Judge: {args.label}")
+              "resamples": RESAMPLES, "heldout": {"mis": str(mis), "sets": n_sets, "per_value": per_value},
+              "rows": rows, "checkpoints": {}}
+    for folder in args.models:
+        pipe, checkpoint = pipeline_of(folder, args.device)
+        if pipe.image_size != 32:
+            raise SystemExit(f"{folder}: {pipe.image_size} px images; the judge's held-out sets are 32 px")
+        name = folder.name + (f" ({checkpoint})" if checkpoint else "")
+        report["checkpoints"][name] = checkpoint
+        rows[name] = done.get(name) or judge(pipe, held, args.generate, args.steps, args.seed, args.batch_size,
+                                             args.guidance_scales, args.workers)
+        report["minutes"] = (time.perf_counter() - start) / 60
+        save_json(report, f"judge_{args.label}.json")  # after every model: a rerun resumes, a stop keeps it
+        if not args.smoke:
+            write_section(section(report, f"## Judge: {args.label}"), f"## Judge: {args.label}")
+        print(f"{name}: " + "; ".join(f"{s} score {interval(n['score'])}" for s, n in rows[name].items()), flush=True)
     print("\n".join(table(rows)))
     return 0
 

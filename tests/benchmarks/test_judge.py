@@ -51,6 +51,7 @@ def test_an_uneven_count_is_refused():
         balanced_captions(PROTOCOLS["two-kind"], 64)
 
 
+@pytest.mark.slow
 def test_the_heldout_mis_holds_the_balanced_sets_no_training_set_shares(tmp_path):
     from bench_learning import build_training_mis
 
@@ -104,6 +105,7 @@ def test_an_interval_holds_the_value_and_narrows_with_more_sets():
     assert 0 < width(256) < width(16)
 
 
+@pytest.mark.slow
 def test_the_sets_own_images_score_one_and_a_positive_kind_contrast(tmp_path):
     mis = heldout_mis(tmp_path / "heldout", PROTOCOLS["kind-only"], n_sets=8)
     held = read_heldout(mis, 32, generate=2)
