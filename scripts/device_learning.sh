@@ -163,15 +163,22 @@ if [ "$STEPS" = auto ]; then
     for key in "${!cal_pid[@]}"; do
         log="$WORK/logs/calibration-${key/ /-}.log"
         if wait "${cal_pid[$key]}"; then
-            # the last log line's img/s: the steady speed with the other runs beside it
+            # the last log line's img/s: the steady speed with the other runs beside it; below the log's
+            # 0.1 img/s (a loaded CPU's smoke run), the run's mean seconds per step from its metrics
             rate=$(grep -o 'img/s [0-9.]*' "$log" | tail -n 1 | cut -d' ' -f2)
-            if ! $PY -c "import sys; sys.exit(not float('${rate:-0}') > 0)" 2> /dev/null; then
-                echo "calibration $key: no speed in its log"
+            read -r label variant <<< "$key"
+            s=$($PY - "$BATCH" "${rate:-0}" "$WORK/calibration/runs-$label/m2m-$variant/train_metrics.json" <<'PY'
+import json, sys
+batch, rate, metrics = int(sys.argv[1]), float(sys.argv[2]), sys.argv[3]
+print(batch * 5 / rate if rate > 0 else json.load(open(metrics))["s_per_step"])
+PY
+            )
+            if ! $PY -c "import sys; sys.exit(not float('${s:-0}') > 0)" 2> /dev/null; then
+                echo "calibration $key: no speed in its log or metrics"
                 keep_tail "$log"
                 continue
             fi
-            s=$($PY -c "print($BATCH * 5 / $rate)")
-            echo "calibration $key: $rate img/s, $s s/step"
+            echo "calibration $key: ${rate:-no} img/s, $s s/step"
             slowest=$($PY -c "print(max(float('$s'), float('${slowest:-0}')))")
         else
             echo "calibration $key: failed"

@@ -18,6 +18,7 @@ set. What it changes, and why (docs/evaluation.md, "The judge"):
 from __future__ import annotations
 
 import math
+import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,8 +94,9 @@ def heldout_mis(root: Path, protocol: Protocol, n_sets: int | None = None, seed:
     root.mkdir(parents=True, exist_ok=True)
     tsv = root / "captions.tsv"
     if not (tsv.is_file() and tsv.read_text(encoding="utf-8") == text and (root / "manifest.json").is_file()):
-        tsv.write_text(text, encoding="utf-8")
         (root / "manifest.json").unlink(missing_ok=True)
+        shutil.rmtree(root / "shards", ignore_errors=True)  # complete shards of other captions would be kept
+        tsv.write_text(text, encoding="utf-8")
         mis_from_captions(root, tsv, test_percent=100)
     return root
 

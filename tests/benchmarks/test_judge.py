@@ -151,3 +151,13 @@ def test_the_detector_reads_the_same_in_worker_processes(tmp_path):
     noisy = (held.following + 0.2 * torch.randn_like(held.following)).clamp(0, 1)  # not every image clean
     one, two = per_set(noisy, held.attributes), per_set(noisy, held.attributes, workers=2)
     assert one.keys() == two.keys() and all(np.array_equal(one[k], two[k]) for k in one)
+
+
+@pytest.mark.slow
+def test_a_heldout_mis_of_other_captions_is_made_afresh(tmp_path):
+    protocol = PROTOCOLS["kind-only"]
+    root = tmp_path / "heldout"
+    heldout_mis(root, protocol, n_sets=2, seed=0)
+    again = read_heldout(heldout_mis(root, protocol, n_sets=2, seed=2), 32, generate=1)  # other captions than seed 0
+    fresh = read_heldout(heldout_mis(tmp_path / "fresh", protocol, n_sets=2, seed=2), 32, generate=1)
+    assert torch.equal(again.context, fresh.context)
