@@ -21,6 +21,7 @@ import sys
 import time
 from pathlib import Path
 
+import learning.control  # noqa: F401 - the control variant, whose saved models name this module
 from learning.common import load, offline_on_cpu
 from learning.judge import (
     GUIDANCE_SCALES, MIN_SETS, PROTOCOLS, RESAMPLES, SCORED,

@@ -209,6 +209,7 @@ export_models() {  # label variants...: the final models in float16 with a card,
     $PY - "$WORK" "$label" "$STEPS" "$@" > "$WORK/logs/export-$label.log" 2>&1 <<'PY' || return 1
 import sys
 from pathlib import Path
+import learning.control  # the control variant: diffusers loads a saved control once its module is imported
 from learning.common import export_fp16
 work, label, steps, variants = Path(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4:]
 for variant in variants:

@@ -13,8 +13,9 @@ either says drawing is.
 
 Importing this module registers the ``control`` variant (``m2m.models.context.register_context_encoder``),
 so the learning benchmarks (``bench_learning.py --variants control``) build, train, save and load it, as
-does the ``m2m`` CLI run after that import (``scripts/device_learning.sh``). A saved control names its
-encoder's library ``learning`` (the package of this module), which ``learning.KindToken`` answers.
+does the ``m2m`` CLI run after that import (``scripts/device_learning.sh``). A saved control names this
+module as its encoder's library; diffusers loads it only once it is imported, so whatever loads a saved
+control imports this module first (``bench_judge.py``, ``bench_learning.py`` and the device script do).
 """
 
 from __future__ import annotations
