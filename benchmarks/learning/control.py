@@ -4,8 +4,8 @@ Not a model of the library, a measuring device (docs/evaluation.md, "The control
 replaced by ``KindToken``, which gives every clean context image one token, the one-hot of the shape
 kind read from the pixels of the set's first image (zeros where it finds no object). It reads circles and
 squares, the kinds of the kind-only MIS where the control runs: the detector's palette and object regions,
-then each region's compactness, which sets the two kinds far apart and costs a fraction of a millisecond
-per image (the detector's own shape fit, some 15 ms an image, would be most of a GPU training step).
+then each region's compactness, which sets the two kinds far apart and costs a small fraction of the
+detector's own shape fit (every kind over rotations and radii, more than a GPU training step for 64 sets).
 Image-Set Attention (eq. 4), the UNet, the loss (eq. 5), the data and the recipe are the other runs' own.
 The kind is then in the context as plainly as it can be: a control that draws the set's kind where
 M2M-DINO and M2M-Self do not says reading the context is their limit; a control that does not draw it
