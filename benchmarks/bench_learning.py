@@ -48,10 +48,11 @@ from learning.common import (
 from learning.report import (
     ATTRIBUTES, RESULTS, labelled_grid, plot_curves, run_header, save_atomic, save_json, section, write_section,
 )
+from learning.control import CONTROL
 from m2m.models.context import context_encoder
 
 TEST_PERCENT = 20
-VARIANT_NAMES = {name: context_encoder(name).display_name for name in ("self", "dino")}
+VARIANT_NAMES = {name: context_encoder(name).display_name for name in ("self", "dino", CONTROL.name)}
 GUIDANCE_SWEEP = (0.0, 1.0, 2.0, 4.0, 7.5)
 
 
@@ -245,7 +246,8 @@ A stand-in for checking the code end to end, not a model of natural images.
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--minutes", type=float, default=15.0, help="pre-training budget per variant (<= 15)")
-    parser.add_argument("--variants", nargs="+", choices=list(VARIANT_NAMES), default=["self", "dino"])
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANT_NAMES), default=["self", "dino"],
+                        help="control: the context a token stating the set's shape kind (learning/control.py)")
     parser.add_argument("--sets", type=int, default=32, help="held-out sets scored")
     parser.add_argument("--generate", type=int, default=4, help="images generated per set for the comparisons")
     parser.add_argument("--long", type=int, default=20, help="length of the long generated sequence")

@@ -29,11 +29,12 @@ from pathlib import Path
 import torch
 
 from learning.common import PRECEDING, mean_rows, offline_on_cpu, precision_stretches, train_command
+from learning.control import CONTROL
 from learning.report import ATTRIBUTES, RESULTS, run_header, save_atomic, save_json, write_section
 from m2m.data.procedural_detect import MIN_SHAPE_FIT
 
 SECTION = "## Learning curve"
-VARIANT_NAMES = {"self": "M2M-Self", "dino": "M2M-DINO"}
+VARIANT_NAMES = {"self": "M2M-Self", "dino": "M2M-DINO", CONTROL.name: CONTROL.display_name}
 FIT_COLUMNS = ("shape_fit", "any_shape_fit", "kind_contrast")
 
 

@@ -1,1 +1,1 @@
-"""Parts of ``bench_learning.py``: the shared helpers, the task study and the report."""
+"""Parts of ``bench_learning.py``: the shared helpers, the task study, the judge, the control and the report."""
