@@ -21,7 +21,7 @@ if [ "$1" = "-m" ] && [ "$2" = "venv" ]; then
   cat > "$3/bin/pip" <<'PIP'
 #!/usr/bin/env bash
 echo "$(basename "$(dirname "$(dirname "$0")")") pip $*" >> "$CALLS"
-case "$*" in *dvc==*) touch "$(dirname "$0")/dvc"; chmod +x "$(dirname "$0")/dvc";; esac
+case "$*" in *dvc==*|*"dvc[s3]=="*) touch "$(dirname "$0")/dvc"; chmod +x "$(dirname "$0")/dvc";; esac
 PIP
   chmod +x "$3/bin/pip"
   echo "venv $3" >> "$CALLS"
@@ -57,7 +57,7 @@ def test_setup_installs_once_then_only_when_something_changed(tmp_path):
         ".venv pip install torch==2.13.0",
         ".venv pip install -e .[pipeline,dev]",
         "venv .venv-dvc",
-        ".venv-dvc pip install dvc==3.67.1",
+        ".venv-dvc pip install dvc[s3]==3.67.1",
     ]
 
     start = time.monotonic()
