@@ -231,6 +231,9 @@ def start_run(config: TrainConfig) -> Run:
         accelerator.init_trackers("m2m", config={
             **settings, "steps": total, "images_per_step": run.images_per_step, "mixed_precision": precision,
         })
+        # a resumed training's run shows the whole curve: the steps before the checkpoint, from the checkpoint
+        for step, loss in enumerate(progress.losses[: progress.step], start=1):
+            accelerator.log({"loss": loss}, step=step)
     logger.info(
         f"training M2M-{cfg.variant} ({cfg.preset}{', task ' + cfg.task if cfg.task else ''}): {total} steps of "
         f"{cfg.batch_size} sets x {cfg.n_images} images ({accelerator.num_processes} processes x "

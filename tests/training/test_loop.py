@@ -150,6 +150,26 @@ def test_logs_settings_and_the_loss_into_the_mlflow_run_it_is_given(mis, tmp_pat
     assert {e.name for e in client.search_experiments()} == {"Default", "m2m-training"}  # no stray experiment
 
 
+def test_a_resumed_training_logs_the_whole_loss_curve_into_its_new_run(mis, tmp_path, monkeypatch):
+    """A training stopped after its checkpoint and resumed under a new MLflow run (a retried step) shows every
+    step's loss there: the steps before the checkpoint come from the checkpoint."""
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    experiment = client.create_experiment("m2m-training", (tmp_path / "artifacts").as_uri())
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    shared = dict(data=mis, checkpoint_every=2, log_every=10)
+    first, second = (client.create_run(experiment).info.run_id for _ in range(2))
+    monkeypatch.setenv("MLFLOW_RUN_ID", first)
+    loop.train(config(tmp_path / "m", steps=2, **shared))
+    monkeypatch.setenv("MLFLOW_RUN_ID", second)
+    metrics = loop.train(config(tmp_path / "m", steps=3, resume=True, **shared))
+    loss = client.get_metric_history(second, "loss")
+    assert [m.step for m in loss] == [1, 2, 3] and loss[-1].value == pytest.approx(metrics["final_loss"])
+    assert [m.value for m in loss[:2]] == [m.value for m in client.get_metric_history(first, "loss")]
+
+
 @pytest.mark.slow
 def test_sample_grids_along_training_leave_the_training_as_it_was(mis, tmp_path, monkeypatch):
     """A grid made at a checkpoint (EMA weights swapped in, sampling's random draws) changes nothing of the run."""

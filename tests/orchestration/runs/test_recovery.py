@@ -88,7 +88,8 @@ def step_log(instance: dg.DagsterInstance, run_id: str, step: str) -> tuple[floa
     """When the run's ``step`` started and ended (None: it never did), and the device it said it ran on."""
     logs = instance.all_logs(run_id)
     kinds = {e.dagster_event.event_type: e.timestamp for e in logs if e.dagster_event and e.step_key == step}
-    device = next(e.user_message.split(": on ")[1] for e in logs if not e.dagster_event and ": on cpu:" in e.user_message)
+    device = next(e.user_message.split(": on ")[1].split()[0] for e in logs
+                  if not e.dagster_event and ": on cpu:" in e.user_message)
     return kinds[dg.DagsterEventType.STEP_START], kinds.get(dg.DagsterEventType.STEP_SUCCESS), device
 
 
