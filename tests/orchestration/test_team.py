@@ -13,10 +13,8 @@ import contextlib
 import hashlib
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
