@@ -351,8 +351,9 @@ def check_dagster_links(dagster: Dagster, mlflow: Mlflow) -> str:
 
 def check_grids(mlflow: Mlflow) -> str:
     """Each training run shows its final sample grid (the artifact view draws the image, and it loads as a PNG)
-    and its grids along training (the Model metrics tab draws the image chart ``samples``; a grid was logged at
-    a checkpoint before the last step)."""
+    and its grids along training: the Model metrics tab draws the image chart ``samples`` (MLflow opens it on
+    step 0, where the grid before the first step is), and grids were logged at step 0, at a checkpoint before
+    the last step and at the last."""
     experiment = mlflow.experiment("m2m-training")["experiment_id"]
     seen = []
     for run in mlflow.finished_runs("m2m-training"):
@@ -372,9 +373,9 @@ def check_grids(mlflow: Mlflow) -> str:
             f["path"] for f in mlflow.get("artifacts/list", run_id=run_id, path="images").get("files", [])
             if f["path"].endswith(".png"))))
         last = int(next((p["value"] for p in run["data"].get("params", []) if p["key"] == "steps"), -1))
-        if not chart or len(logged) < 2 or logged[-1] != last:
+        if not chart or len(logged) < 3 or logged[0] != 0 or logged[-1] != last:
             raise CheckFailed(f"{name}: Model metrics draws {len(chart)} sample image(s); grids logged at steps "
-                              f"{logged} (want one before the last step {last}, and the last)")
+                              f"{logged} (want step 0, one before the last step {last}, and the last)")
         seen.append(f"{name} (final {len(drawn.content) // 1000} KB; along training at steps {logged})")
     return "; ".join(seen)
 

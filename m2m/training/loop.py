@@ -376,6 +376,10 @@ def steps(run: Run) -> None:
         disable=not accelerator.is_local_main_process,
     )
     try:
+        if progress.step == 0 and cfg.checkpoint_every and logs_images(run):
+            # the grid before the first step: MLflow's image chart opens on step 0, so it is never empty, and a
+            # fine-tuning's slider starts from what the pre-trained model drew
+            log_samples(run, sample_grid_now(run))
         t_run = t_step = t_log = time.perf_counter()
         micro_losses, log_from, batches = [], progress.step, iter(run.data)
         while progress.step < total:

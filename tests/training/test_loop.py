@@ -142,10 +142,11 @@ def test_logs_settings_and_the_loss_into_the_mlflow_run_it_is_given(mis, tmp_pat
     assert [m.step for m in loss] == [1, 2, 3] and loss[-1].value == pytest.approx(metrics["final_loss"])
     assert [m.step for m in client.get_metric_history(run_id, "lr")] == [2, 3]
     assert {"lr", "images_per_s"} <= set(run.data.metrics)
-    # the sample grid at each checkpoint and at the end, as MLflow images of key "samples"
+    # the sample grid before the first step (where MLflow's image chart opens), at each checkpoint and at the
+    # end, as MLflow images of key "samples"
     images = [a.path for a in client.list_artifacts(run_id, "images") if a.path.endswith(".png")]
     assert sorted(int(re.search(r"samples\+step\+(\d+)\+", path).group(1)) for path in images
-                  if path.endswith(".png")) == [2, 3]
+                  if path.endswith(".png")) == [0, 2, 3]
     assert any(key.startswith("system/cpu") for key in run.data.metrics)  # the System metrics tab
     assert {e.name for e in client.search_experiments()} == {"Default", "m2m-training"}  # no stray experiment
 
@@ -184,7 +185,7 @@ def test_sample_grids_along_training_leave_the_training_as_it_was(mis, tmp_path,
     monkeypatch.setenv("MLFLOW_RUN_ID", run_id)
     loop.train(config(tmp_path / "logged", **shared))
     grids = [a.path for a in client.list_artifacts(run_id, "images") if a.path.endswith(".png")]
-    assert len(grids) == 3  # steps 1, 2 and 3
+    assert len(grids) == 4  # steps 0, 1, 2 and 3
     assert_same_weights(weights(tmp_path / "quiet"), weights(tmp_path / "logged"))
 
 
