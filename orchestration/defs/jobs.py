@@ -7,6 +7,7 @@ many at once as the ``gpu`` pool allows).
 
 import dagster as dg
 
+from orchestration.defs.freshness import freshness_selection
 from orchestration.defs.promotion import challengers_promoted
 from orchestration.project import project_root
 from orchestration.dvc.stages import load_pipeline
@@ -21,22 +22,23 @@ def jobs() -> dg.Definitions:
     groups = load_pipeline(project_root(), strict=False)
     partitioned = dg.AssetSelection.assets(*[name for name, group in groups.items() if group.partitioned])
     upstream = partitioned.upstream()
+    freshness = freshness_selection(groups)  # its own job: mid-chain, the stages not yet run are stale by design
     return dg.Definitions(
         jobs=[
             dg.define_asset_job(
                 PREPARE_JOB,
-                selection=upstream - partitioned,
+                selection=upstream - partitioned - freshness,
                 description="The raw and filtered captions the shards are drawn from.",
             ),
             dg.define_asset_job(
                 SHARDS_JOB,
-                selection=partitioned,
+                selection=partitioned - freshness,
                 description="One MIS shard per partition; backfill all partitions to generate them in parallel.",
             ),
             dg.define_asset_job(
                 TRAIN_JOB,
                 # the promotion check runs in its own job (`promote_champion`; the main command's --no-promote skips it)
-                selection=dg.AssetSelection.all() - upstream - dg.AssetSelection.checks(challengers_promoted),
+                selection=dg.AssetSelection.all() - upstream - dg.AssetSelection.checks(challengers_promoted) - freshness,
                 description="Manifest, task data, pre-training, fine-tuning and evaluation, with their checks.",
             ),
         ]
