@@ -75,7 +75,8 @@ def section(report: dict, heading: str) -> str:
         heading, "",
         f"`python benchmarks/bench_judge.py {a['argv']}` on {report['machine']}, {report['date']} "
         f"({report['minutes']:.0f} min): the {a['protocol']} protocol's {held['sets']} balanced held-out sets "
-        f"({held['per_value']}), K = 4 preceding images, {a['generate']} generated per set, DDIM {a['steps']}, "
+        f"({held['per_value']}), K = 4 preceding images, {a['generate']} generated per set, DDIM {a['steps']}"
+        f"{' (' + a['timestep_spacing'] + ' spacing)' if a.get('timestep_spacing') else ''}, "
         f"the detector's thresholds; each number with its bootstrap 95% interval ({report['resamples']} "
         "resamples of the sets within their shape kind). Raw numbers: "
         f"`results/judge_{a['label']}.json`; why the judge is so: docs/evaluation.md.", "",
@@ -93,6 +94,9 @@ def parse_args(argv):
                         help=f"at least this many held-out sets (>= {MIN_SETS}; rounded up to a balanced count)")
     parser.add_argument("--generate", type=int, default=4, help="images generated per set")
     parser.add_argument("--steps", type=int, default=20, help="DDIM steps")
+    parser.add_argument("--timestep-spacing", choices=("leading", "trailing", "linspace"), default=None,
+                        help="DDIM's timestep spacing (default: each model's scheduler config; the tiny models' "
+                        "is leading)")
     parser.add_argument("--guidance-scales", type=float, nargs="+", default=list(GUIDANCE_SCALES))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch-size", type=int, default=16)
@@ -121,6 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     mis = heldout_mis(heldout_root(args.work, protocol, n_sets), protocol, n_sets, args.seed)
     protocol_settings = {k: getattr(args, k) for k in ("protocol", "generate", "steps", "guidance_scales", "seed")}
     protocol_settings["sets"] = n_sets
+    if args.timestep_spacing:  # a sampler setting: rows sampled otherwise are not reused
+        protocol_settings["timestep_spacing"] = args.timestep_spacing
     done = scored_before(RESULTS / f"judge_{args.label}.json", protocol_settings)
     held = read_heldout(mis, 32, args.generate)  # the tiny preset's 32 px; another size is refused below
     ceiling = "held-out images (the ceiling)"
@@ -132,6 +138,9 @@ def main(argv: list[str] | None = None) -> int:
               "rows": rows, "checkpoints": {}}
     for folder in args.models:
         pipe, checkpoint = pipeline_of(folder, args.device)
+        if args.timestep_spacing:
+            pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config,
+                                                              timestep_spacing=args.timestep_spacing)
         if pipe.image_size != 32:
             raise SystemExit(f"{folder}: {pipe.image_size} px images; the judge's held-out sets are 32 px")
         name = folder.name + (f" ({checkpoint})" if checkpoint else "")
