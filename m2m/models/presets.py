@@ -43,7 +43,7 @@ SD21_UNET = dict(
 
 # The tiny preset's E_v, pre-trained on procedural images and shipped in TINY_DINO_FOLDER.
 TINY_DINO = dict(
-    hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, patch_size=4, image_size=32
+    hidden_size=64, num_hidden_layers=4, num_attention_heads=4, mlp_ratio=4, patch_size=4, image_size=32
 )
 # DINOv2 ViT-g/14 (the paper's encoder), for random-weight benchmarks.
 GIANT_DINO = dict(

@@ -187,9 +187,9 @@ class EncoderPretraining:
     its weights (``pretrain.json``)."""
 
     out: Path
-    sets: int = 4000  # distinct (caption) sets drawn
+    sets: int = 40000  # distinct (caption) sets drawn
     images_per_set: int = 4
-    steps: int = 3000
+    steps: int = 10000
     batch_size: int = 128
     lr: float = 3e-3
     warmup: int = 100
