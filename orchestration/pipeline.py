@@ -6,9 +6,9 @@ It starts ``dagster dev`` (webserver, daemon, code server; ``runs/server.py``) f
 sets the ``gpu`` pool's limit (``runs/pool.py``), follows to their end any runs an earlier command left
 in progress (``runs/recovery.py``), then submits the runs of ``runs/plan.py`` as their dependencies
 succeed, printing what each does (``runs/follow.py``): the captions, one run per MIS shard partition,
-the data steps, one run per training, fine-tuning and the evaluation, and the promotion. Runs go
-through the instance's queue like the UI's, so the pool, run monitoring and run retries apply and the
-runs show in ``dagster dev`` afterwards. Each stage runs only when DVC says it changed, so a second
+the data steps, one run per training, fine-tuning and the evaluation, the promotion and the data
+freshness checks. Runs go through the instance's queue like the UI's, so the pool, run monitoring and
+run retries apply and the runs show in ``dagster dev`` afterwards. Each stage runs only when DVC says it changed, so a second
 run is quick and changes nothing.
 """
 
@@ -29,6 +29,7 @@ import dagster as dg
 
 from orchestration.defs.assets import RAW_CAPTIONS
 from orchestration.defs.jobs import PREPARE_JOB, SHARDS_JOB, TRAIN_JOB
+from orchestration.defs import freshness
 from orchestration.defs.promotion import promote_champion
 from orchestration.defs.resources import ComputeResource, MlflowResource
 from orchestration.dvc import team
@@ -163,7 +164,8 @@ def run_chain(server: DagsterServer, instance: dg.DagsterInstance, root: Path, p
     follower = Follower(server, instance)
     try:
         follow_leftovers(follower, left)
-        jobs = {"prepare": PREPARE_JOB, "shards": SHARDS_JOB, "train": TRAIN_JOB, "promote": promote_champion.name}
+        jobs = {"prepare": PREPARE_JOB, "shards": SHARDS_JOB, "train": TRAIN_JOB, "promote": promote_champion.name,
+                "freshness": freshness.JOB}
         groups = load_pipeline(root)
         specs, current = plan.to_run(plan.plan(groups, jobs, train_job_checks(), promote),
                                      lambda spec: stale(spec, groups, Dvc(root), instance))

@@ -3,7 +3,8 @@
 One run per unit of work that holds a device or may go on beside another: the captions; one per
 shard partition (what a backfill of ``generate_mis_shards`` launches); the light data steps together;
 one per heavy asset (each training, fine-tuning and the evaluation), so two trainings run side by side
-when the ``gpu`` pool allows and a killed run worker takes down one training only; then the promotion.
+when the ``gpu`` pool allows and a killed run worker takes down one training only; then the promotion, and
+last the data freshness checks (``check_freshness``), so the asset graph ends with every check evaluated.
 A run starts when the runs holding its upstream assets have succeeded; the dependencies are
 dvc.yaml's (``StageGroup.upstream``), nothing is listed by hand.
 """
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 from orchestration.dvc.stages import StageGroup, upstream_assets
 from orchestration.runs.pool import POOL
 
-CAPTIONS, DATA, PROMOTION = "captions", "data", "promotion"
+CAPTIONS, DATA, PROMOTION, FRESHNESS = "captions", "data", "promotion", "freshness"
 
 
 @dataclass(frozen=True)
@@ -29,7 +30,7 @@ class RunSpec:
     partition: str | None = None
     after: tuple[str, ...] = ()
     checks: tuple[tuple[str, str], ...] = ()
-    makes: tuple[str, ...] = ()  # the dvc.yaml assets (stage groups) it materializes; none for the promotion
+    makes: tuple[str, ...] = ()  # the dvc.yaml assets (stage groups) it materializes; none for promotion, freshness
 
 
 def ancestors(groups: dict[str, StageGroup], asset: str) -> set[str]:
@@ -46,8 +47,9 @@ def plan(
     groups: dict[str, StageGroup], jobs: dict[str, str], checks: list[tuple[str, str]], promote: bool = True
 ) -> list[RunSpec]:
     """The main command's runs for the pipeline ``groups``; ``jobs`` names the ``prepare``, ``shards``,
-    ``train`` and ``promote`` jobs (orchestration/defs/jobs.py); ``checks``: the train job's asset checks,
-    (asset, name), each run with those of its assets."""
+    ``train`` and ``promote`` jobs (orchestration/defs/jobs.py), and ``freshness`` where the freshness checks
+    run last (orchestration/defs/freshness.py); ``checks``: the train job's asset checks, (asset, name), each
+    run with those of its assets."""
 
     def of(assets: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
         return tuple(check for check in checks if check[0] in assets)
@@ -81,13 +83,15 @@ def plan(
             holders[name] = (name,)
     if promote:
         specs.append(RunSpec(PROMOTION, jobs["promote"], after=tuple(s.key for s in specs)))
+    if "freshness" in jobs:
+        specs.append(RunSpec(FRESHNESS, jobs["freshness"], after=tuple(s.key for s in specs)))
     return specs
 
 
 def to_run(specs: list[RunSpec], stale) -> tuple[list[RunSpec], list[str]]:
     """The runs with work to do, and the keys of those left out: a run is kept when ``stale(spec)`` (what it
-    makes changed in DVC, or was never materialized) or a run it waits for is kept; the promotion is kept
-    when anything else is. A run left out records no materialization, so an asset's "last materialized" in
+    makes changed in DVC, or was never materialized) or a run it waits for is kept; the promotion and the
+    freshness checks are kept when anything else is. A run left out records no materialization, so an asset's "last materialized" in
     Dagster is when its data last changed. ``after`` keeps only runs that are kept."""
     kept: dict[str, RunSpec] = {}
     for spec in specs:  # plan() lists every run after the runs it waits for

@@ -8,7 +8,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 LOCATION, REPOSITORY = "m2m", "__repository__"
-JOBS = ("prepare_captions", "generate_mis_shards", "train_and_evaluate", "promote_champion")
+JOBS = ("prepare_captions", "generate_mis_shards", "train_and_evaluate", "promote_champion", "check_freshness")
 SENSOR = "promote_after_evaluation"
 REFUSED_TAG = "m2m/promotion_refused"
 TRAIN_PARAMS = ("lr", "batch_size", "variant", "images_per_step")

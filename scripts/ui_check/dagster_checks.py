@@ -49,7 +49,8 @@ def check_promotion_tag(dagster: Dagster) -> str:
 
 
 def check_asset_graph(dagster: Dagster) -> str:
-    """The graph shows every asset and asset check the code location defines, each asset materialized."""
+    """The graph shows every asset and asset check the code location defines, each asset materialized and
+    each check passed on its latest materialization (the node's "Asset checks: N / N Passed")."""
     sys.path.insert(0, str(ROOT))  # this checkout's definitions, as `dagster dev` here loads them
     from orchestration.definitions import defs
 
@@ -58,13 +59,19 @@ def check_asset_graph(dagster: Dagster) -> str:
     expected_checks = {f"{key.asset_key.to_user_string()}.{key.name}" for key in graph.asset_check_keys}
     nodes = dagster.query(
         "{ assetNodes(loadMaterializations: true) { assetKey { path } assetMaterializations(limit: 1) { timestamp }"
-        " assetChecksOrError { ... on AssetChecks { checks { name } } } } }"
+        " assetChecksOrError { ... on AssetChecks { checks { name executionForLatestMaterialization { status } } } }"
+        " } }"
     )["assetNodes"]
     shown = {"/".join(n["assetKey"]["path"]) for n in nodes}
     checks = {f"{'/'.join(n['assetKey']['path'])}.{c['name']}" for n in nodes
               for c in n["assetChecksOrError"].get("checks", [])}
     unmaterialized = sorted("/".join(n["assetKey"]["path"]) for n in nodes if not n["assetMaterializations"])
-    if shown != expected or checks != expected_checks or unmaterialized:
+    not_passed = sorted(f"{'/'.join(n['assetKey']['path'])}.{c['name']} "
+                        f"({(c['executionForLatestMaterialization'] or {}).get('status', 'never run')})"
+                        for n in nodes for c in n["assetChecksOrError"].get("checks", [])
+                        if (c["executionForLatestMaterialization"] or {}).get("status") != "SUCCEEDED")
+    if shown != expected or checks != expected_checks or unmaterialized or not_passed:
         raise CheckFailed(f"missing assets {sorted(expected - shown)}, missing checks "
-                          f"{sorted(expected_checks - checks)}, never materialized {unmaterialized}")
-    return f"{len(shown)} assets (all materialized), {len(checks)} asset checks"
+                          f"{sorted(expected_checks - checks)}, never materialized {unmaterialized}, "
+                          f"checks not passed {not_passed}")
+    return f"{len(shown)} assets (all materialized), {len(checks)} asset checks (all passed)"

@@ -122,6 +122,8 @@ def test_every_asset_check_passed(chain):
         ("m2m_procedure_finetuned", "loss_is_finite"),
         ("evaluation", "metrics_in_range"),
     }
+    # the data freshness checks, run last by the main command: every stage asset up to date
+    checks |= {(asset, "up_to_date") for asset in load_pipeline(chain.root)}
     for asset, name in checks:
         key = dg.AssetCheckKey(dg.AssetKey(asset), name)
         record = inst.event_log_storage.get_asset_check_execution_history(key, limit=1)[0]

@@ -56,3 +56,14 @@ def test_every_run_but_the_promotion_says_what_it_makes():
     specs = plan.plan(load_pipeline(REPO, strict=False), JOBS, CHECKS)
     assert all(spec.makes for spec in specs if spec.key != plan.PROMOTION)
     assert {name for spec in specs for name in spec.makes} == set(load_pipeline(REPO, strict=False))
+
+
+def test_the_freshness_checks_run_last_when_anything_ran():
+    jobs = {**JOBS, "freshness": "check_freshness"}
+    specs = plan.plan(load_pipeline(REPO, strict=False), jobs, CHECKS)
+    last = specs[-1]
+    assert last.key == plan.FRESHNESS and last.job == "check_freshness" and not last.makes
+    assert set(last.after) == {spec.key for spec in specs[:-1]}  # after the promotion too
+    kept, _ = plan.to_run(specs, lambda spec: spec.key == "m2m_self_pretrained")
+    assert [spec.key for spec in kept][-2:] == [plan.PROMOTION, plan.FRESHNESS]
+    assert plan.to_run(specs, lambda spec: False) == ([], [spec.key for spec in specs])  # a no-op rerun: none
