@@ -98,8 +98,8 @@ def test_a_stopped_run_resumes_to_the_weights_of_one_never_stopped(tmp_path, mon
 
 def test_the_shipped_e_v_carries_shape_kind_and_texture_a_random_one_does_not():
     """On images never trained on (sets drawn with another seed), a linear read-out of the mean token tells
-    the six shape kinds and the five textures apart from the shipped encoder (0.45 and 0.99 when it was
-    shipped), and not from the same architecture at random (0.14-0.18 and 0.29-0.31; chance about 0.2)."""
+    the six shape kinds and the five textures apart from the shipped encoder (0.80 and 1.00 when it was
+    shipped), and not from the same architecture at random (0.26 and 0.34; chance about 0.2)."""
     from transformers import Dinov2Config, Dinov2Model
 
     from m2m.models.encoders import dino_encoder
@@ -113,7 +113,7 @@ def test_the_shipped_e_v_carries_shape_kind_and_texture_a_random_one_does_not():
             features = tiny_dino_tokens(encoder, images, 32).mean(1)
         accuracy[name] = {a: probe(features[:400], labels[a][:400], features[400:], labels[a][400:])
                           for a in ("shape", "texture")}
-    assert accuracy["shipped"]["shape"] >= 0.38 and accuracy["random"]["shape"] < 0.3, accuracy
+    assert accuracy["shipped"]["shape"] >= 0.7 and accuracy["random"]["shape"] < 0.3, accuracy
     assert accuracy["shipped"]["texture"] >= 0.9 and accuracy["random"]["texture"] < 0.5, accuracy
 
 
