@@ -10,6 +10,7 @@ every run worker), and writes its own log to ``$DAGSTER_HOME/dagster-dev.log``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -151,12 +152,25 @@ class DagsterServer:
         return lines[-1].strip() if lines else f"no output ({self.log_path})"
 
     def stop(self) -> None:
-        """SIGINT (what Ctrl-C sends; dagster dev shuts its processes down), then SIGKILL after a grace."""
+        """SIGINT (what Ctrl-C sends; dagster dev shuts its processes down), then SIGKILL after a grace, to
+        dagster dev and then to whatever it started that outlived it: on a busy machine the shutdown can
+        outlast the grace, and a webserver or daemon left behind would keep serving the instance (and make
+        the next start refuse, as a second daemon)."""
+        import psutil
+
         if self.proc is None or self.proc.poll() is not None:
             return
+        started = []
+        with contextlib.suppress(psutil.NoSuchProcess):
+            started = psutil.Process(self.proc.pid).children(recursive=True)
         self.proc.send_signal(signal.SIGINT)
         try:
             self.proc.wait(timeout=STOP_GRACE_S)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+        _, alive = psutil.wait_procs(started, timeout=STOP_GRACE_S)
+        for process in alive:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                process.kill()
+        psutil.wait_procs(alive, timeout=10)

@@ -35,3 +35,28 @@ def test_a_daemon_already_serving_the_instance_is_one_line_and_nothing_starts(tm
     finally:
         daemon.kill()
         daemon.wait()
+
+
+@pytest.mark.slow
+def test_stop_leaves_no_process_of_dagster_dev_behind_even_past_the_grace(project, monkeypatch):
+    """A shutdown that outlasts the grace (a busy machine; here a grace of zero) still ends the webserver,
+    daemon and code server dagster dev started: none serves the instance afterwards."""
+    import psutil
+
+    from orchestration.runs import server as module
+    from tests.orchestration.projects import project_env
+
+    for key, value in project_env(project).items():
+        monkeypatch.setenv(key, value)
+    home = project / ".dagster"
+    home.mkdir()
+    server = DagsterServer(project, home)
+    server.start()
+    dev = psutil.Process(server.proc.pid)
+    group = [dev, *dev.children(recursive=True)]
+    assert len(group) >= 3 and other_daemons(home)  # dagster dev, its webserver, daemon (and code server)
+    monkeypatch.setattr(module, "STOP_GRACE_S", 0.0)
+    server.stop()
+    psutil.wait_procs(group, timeout=10)
+    assert [p.pid for p in group if p.is_running() and p.status() != psutil.STATUS_ZOMBIE] == []
+    assert other_daemons(home) == []
