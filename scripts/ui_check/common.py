@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))  # this checkout's orchestration code (its definitions, its MLflow links), once
 LOCATION, REPOSITORY = "m2m", "__repository__"
 JOBS = ("prepare_captions", "generate_mis_shards", "train_and_evaluate", "promote_champion", "check_freshness")
 SENSOR = "promote_after_evaluation"
@@ -33,7 +34,6 @@ def tags_of(entity: dict) -> dict[str, str]:
 
 def links(url: str):
     """The project's MLflow links (``MlflowResource``) for the UI served at ``url``."""
-    sys.path.insert(0, str(ROOT))
     from orchestration.defs.resources import MlflowResource
 
     return MlflowResource(ui_url=url)

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import sys
 import time
 
 from ui_check.apis import Dagster
-from ui_check.common import JOBS, REFUSED_TAG, ROOT, SENSOR, CheckFailed, tags_of
+from ui_check.common import JOBS, REFUSED_TAG, SENSOR, CheckFailed, tags_of
 
 
 def check_job_pages(dagster: Dagster) -> str:
@@ -51,8 +50,7 @@ def check_promotion_tag(dagster: Dagster) -> str:
 def check_asset_graph(dagster: Dagster) -> str:
     """The graph shows every asset and asset check the code location defines, each asset materialized and
     each check passed on its latest materialization (the node's "Asset checks: N / N Passed")."""
-    sys.path.insert(0, str(ROOT))  # this checkout's definitions, as `dagster dev` here loads them
-    from orchestration.definitions import defs
+    from orchestration.definitions import defs  # this checkout's, as `dagster dev` here loads them
 
     graph = defs().resolve_asset_graph()
     expected = {key.to_user_string() for key in graph.get_all_asset_keys()}

@@ -60,7 +60,6 @@ def wait_until(ready, name: str, log: Path, process: subprocess.Popen, timeout: 
 def links_ui() -> str:
     """Where the project's links say the MLflow UI is (``MlflowResource``: ``$M2M_MLFLOW_UI_URL`` or port 5000
     on 127.0.0.1): the check serves the store there, so that the links it follows are the ones users get."""
-    sys.path.insert(0, str(ROOT))
     from orchestration.defs.resources import MlflowResource
 
     url = MlflowResource(tracking_uri="sqlite:///").ui()
