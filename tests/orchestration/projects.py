@@ -98,19 +98,24 @@ def run_main_command(root: Path, argv: list[str] | None = None) -> Chain:
     return Chain(root, code, seconds, output.getvalue())
 
 
+def project_resources(root: Path) -> dict:
+    """The resources the assets of the project at ``root`` run with, as the code location gives them."""
+    from orchestration.defs.resources import ComputeResource, DvcResource, MlflowResource
+
+    return {"dvc": DvcResource(project_root=str(root)), "compute": ComputeResource(), "mlflow": MlflowResource()}
+
+
 def materialize_here(root: Path, asset: str, partition: str | None = None):
     """Materialize one asset of the project at ``root`` in-process, in the current environment."""
     import dagster as dg
 
     from orchestration.defs.assets import build_stage_assets, raw_captions
-    from orchestration.defs.resources import ComputeResource, DvcResource, MlflowResource
 
-    resources = {"dvc": DvcResource(project_root=str(root)), "compute": ComputeResource(), "mlflow": MlflowResource()}
     return dg.materialize(
         [raw_captions, *build_stage_assets(root)],
         selection=[asset],
         partition_key=partition,
-        resources=resources,
+        resources=project_resources(root),
         instance=dg.DagsterInstance.ephemeral(),
         raise_on_error=False,
     )

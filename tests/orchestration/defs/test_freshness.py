@@ -6,13 +6,12 @@ import dagster as dg
 
 from orchestration.defs.freshness import CHECK, JOB, build_freshness_checks, freshness_selection
 from orchestration.dvc.stages import load_pipeline, read_yaml, select
-from tests.orchestration.projects import materialize, project_env
+from tests.orchestration.projects import materialize, project_env, project_resources
 
 
 def check_results(root, monkeypatch) -> dict[str, dg.AssetCheckEvaluation]:
     """Run the `check_freshness` job on the project at ``root``: each asset's `up_to_date` evaluation."""
     from orchestration.defs.assets import build_stage_assets, raw_captions
-    from orchestration.defs.resources import ComputeResource, DvcResource, MlflowResource
 
     for key, value in project_env(root).items():
         monkeypatch.setenv(key, value)
@@ -21,7 +20,7 @@ def check_results(root, monkeypatch) -> dict[str, dg.AssetCheckEvaluation]:
         assets=[raw_captions, *build_stage_assets(root)],
         asset_checks=build_freshness_checks(groups),
         jobs=[dg.define_asset_job(JOB, selection=freshness_selection(groups))],
-        resources={"dvc": DvcResource(project_root=str(root)), "compute": ComputeResource(), "mlflow": MlflowResource()},
+        resources=project_resources(root),
     )
     result = defs.resolve_job_def(JOB).execute_in_process(instance=dg.DagsterInstance.ephemeral())
     assert not result.get_asset_materialization_events()  # it only looks
