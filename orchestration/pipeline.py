@@ -8,8 +8,8 @@ in progress (``runs/recovery.py``), then submits the runs of ``runs/plan.py`` as
 succeed, printing what each does (``runs/follow.py``): the captions, one run per MIS shard partition,
 the data steps, one run per training, fine-tuning and the evaluation, the promotion and the data
 freshness checks. Runs go through the instance's queue like the UI's, so the pool, run monitoring and
-run retries apply and the runs show in ``dagster dev`` afterwards. Each stage runs only when DVC says it changed, so a second
-run is quick and changes nothing.
+run retries apply and the runs show in ``dagster dev`` afterwards. Each stage runs only when DVC says it
+changed, so a second run is quick and changes nothing.
 """
 
 from __future__ import annotations
@@ -168,7 +168,7 @@ def run_chain(server: DagsterServer, instance: dg.DagsterInstance, root: Path, p
                 "freshness": freshness.JOB}
         groups = load_pipeline(root)
         specs, current = plan.to_run(plan.plan(groups, jobs, train_job_checks(), promote),
-                                     lambda spec: stale(spec, groups, Dvc(root), instance))
+                                     lambda spec: stale(spec, groups, Dvc(root), instance), ran_before=bool(left))
         if current:
             print(f"\nup to date, not run (no new materialization): {', '.join(current)}", flush=True)
         print(f"\n=== {len(specs)} runs, each as its inputs are ready ===", flush=True)

@@ -88,17 +88,18 @@ def plan(
     return specs
 
 
-def to_run(specs: list[RunSpec], stale) -> tuple[list[RunSpec], list[str]]:
+def to_run(specs: list[RunSpec], stale, ran_before: bool = False) -> tuple[list[RunSpec], list[str]]:
     """The runs with work to do, and the keys of those left out: a run is kept when ``stale(spec)`` (what it
     makes changed in DVC, or was never materialized) or a run it waits for is kept; the promotion and the
-    freshness checks are kept when anything else is. A run left out records no materialization, so an
-    asset's "last materialized" in Dagster is when its data last changed. ``after`` keeps only runs that are
-    kept."""
+    freshness checks are kept when anything else is, or when runs an earlier command left were followed to
+    their end first (``ran_before``: they may have registered a model or changed data). A run left out
+    records no materialization, so an asset's "last materialized" in Dagster is when its data last changed.
+    ``after`` keeps only runs that are kept."""
     kept: dict[str, RunSpec] = {}
     for spec in specs:  # plan() lists every run after the runs it waits for
         if spec.makes and (any(key in kept for key in spec.after) or stale(spec)):
             kept[spec.key] = spec
-        elif not spec.makes and kept:
+        elif not spec.makes and (kept or ran_before):
             kept[spec.key] = spec
     runs = [RunSpec(**{**vars(spec), "after": tuple(k for k in spec.after if k in kept)}) for spec in kept.values()]
     return runs, [spec.key for spec in specs if spec.key not in kept]

@@ -67,3 +67,7 @@ def test_the_freshness_checks_run_last_when_anything_ran():
     kept, _ = plan.to_run(specs, lambda spec: spec.key == "m2m_self_pretrained")
     assert [spec.key for spec in kept][-2:] == [plan.PROMOTION, plan.FRESHNESS]
     assert plan.to_run(specs, lambda spec: False) == ([], [spec.key for spec in specs])  # a no-op rerun: none
+    # runs an earlier command left were followed to their end first: promote and check what they made
+    after_leftovers, _ = plan.to_run(specs, lambda spec: False, ran_before=True)
+    assert [spec.key for spec in after_leftovers] == [plan.PROMOTION, plan.FRESHNESS]
+    assert after_leftovers[0].after == () and after_leftovers[1].after == (plan.PROMOTION,)
